@@ -1,0 +1,728 @@
+//! Validated configuration and the per-request plan.
+//!
+//! [`LimiterConfig::from_json_value`] checks every key once; [`Policy::plan`] then maps a request's
+//! context (user, tenant, server, tool, descriptors, cost) to the cells it must pass, in the
+//! tie-break order user, user_per_server, tenant, tool, descriptors.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::json;
+
+use super::rate::{parse_rate, Limit, Rate, MAX_COUNT};
+use super::schema::{split_and_parse, RawConfig};
+use super::{normalize_name, ConfigError};
+use crate::algorithm::{Algorithm, MAX_EXACT};
+use crate::key::{cell_key, DimKey};
+
+/// Where counters live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In-process memory store.
+    Memory,
+    /// Shared Redis store.
+    Redis,
+}
+
+/// What to do when the backend cannot answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Allow the request (default).
+    Open,
+    /// Deny the request (`BACKEND_UNAVAILABLE`).
+    Closed,
+}
+
+/// Which rate-limit headers to emit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFormat {
+    /// `X-RateLimit-Limit/Remaining/Reset` + `Retry-After` (default).
+    Legacy,
+    /// `RateLimit-Policy` + `RateLimit` (draft-ietf-httpapi-ratelimit-headers) + `Retry-After`.
+    Ietf,
+    /// Both sets.
+    Both,
+    /// No headers.
+    None,
+}
+
+/// Whose clock drives Redis state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClockSource {
+    /// Redis `TIME` inside the script (default): skewed instances agree.
+    Server,
+    /// The caller's clock (managed Redis without `TIME` in scripts; deterministic tests).
+    Client,
+}
+
+/// Redis connection settings (validated as strings here; files are opened by the Redis store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// CA bundle (PEM) for `rediss://`.
+    pub ca_certs: Option<String>,
+    /// Client certificate (PEM) for mTLS.
+    pub certfile: Option<String>,
+    /// Client key (PEM) for mTLS.
+    pub keyfile: Option<String>,
+    /// Verify the server's hostname (default true).
+    pub check_hostname: bool,
+    /// Connect and per-command timeout.
+    pub timeout_ms: u64,
+    /// Whose clock.
+    pub clock: ClockSource,
+    /// Capacity of the negative cache (0 disables it).
+    pub negative_cache_keys: usize,
+}
+
+/// Which dimension a cell belongs to (bounded: usable as a metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DimensionKind {
+    /// `by_user`.
+    User,
+    /// `by_user_per_server`.
+    UserPerServer,
+    /// `by_tenant`.
+    Tenant,
+    /// `by_tool`.
+    Tool,
+    /// A named descriptor limit.
+    Descriptor,
+}
+
+impl DimensionKind {
+    /// Stable lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DimensionKind::User => "user",
+            DimensionKind::UserPerServer => "user_per_server",
+            DimensionKind::Tenant => "tenant",
+            DimensionKind::Tool => "tool",
+            DimensionKind::Descriptor => "descriptor",
+        }
+    }
+}
+
+/// One limit of one dimension, resolved for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cell {
+    /// Storage key (see [`crate::key`]).
+    pub key: String,
+    /// The limit.
+    pub limit: Limit,
+    /// Algorithm (same for every cell of a policy).
+    pub algorithm: Algorithm,
+    /// Dimension kind.
+    pub dimension: DimensionKind,
+    /// Policy name for headers and metrics (`user`, `tenant`, `tool:echo`, a descriptor limit's
+    /// name; `-<window>s` appended when a dimension has several limits). Configured, so bounded.
+    pub name: Arc<str>,
+}
+
+/// Everything one request must pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Cells in tie-break order.
+    pub cells: Vec<Cell>,
+    /// Units this request consumes in every cell (default 1).
+    pub cost: u64,
+}
+
+/// A request's identity, as the packaging extracted it. Untrusted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext<'a> {
+    /// User identity (trimmed; blank or absent -> `anonymous`).
+    pub user: Option<&'a str>,
+    /// Tenant (trimmed; blank or absent -> no tenant dimension, unscoped keys).
+    pub tenant: Option<&'a str>,
+    /// Server id for `by_user_per_server`.
+    pub server: Option<&'a str>,
+    /// Whether this request is subject to `by_user_per_server` (tool calls in the gateway).
+    pub per_server: bool,
+    /// Tool or prompt name (normalised here).
+    pub tool: Option<&'a str>,
+    /// Descriptor values by name.
+    pub descriptors: &'a [(&'a str, &'a str)],
+    /// Cost (0 is treated as 1).
+    pub cost: u64,
+}
+
+/// A request whose context cannot be evaluated. Nothing is consumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextError {
+    /// `by_user_per_server` applies but the server id is missing or blank.
+    ServerIdMissing,
+    /// The server id has characters outside ASCII letters, digits, `-`, `_`, `.`.
+    ServerIdInvalid,
+    /// The server id is longer than 128 bytes.
+    ServerIdTooLong,
+    /// `cost` is above the largest count any limit may have.
+    CostTooLarge(u64),
+}
+
+impl ContextError {
+    /// The field at fault.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ContextError::CostTooLarge(_) => "cost",
+            _ => "server_id",
+        }
+    }
+}
+
+impl std::fmt::Display for ContextError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContextError::ServerIdMissing => {
+                f.write_str("server_id is required when by_user_per_server is configured")
+            }
+            ContextError::ServerIdInvalid => f.write_str(
+                "server_id may contain only ASCII letters, digits, hyphen, underscore, and period",
+            ),
+            ContextError::ServerIdTooLong => {
+                f.write_str("server_id exceeds the maximum length of 128 bytes")
+            }
+            ContextError::CostTooLarge(c) => {
+                write!(f, "cost {c} exceeds the maximum of {MAX_COUNT}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ContextError {}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DimRate {
+    limits: Vec<(Limit, Arc<str>)>,
+}
+
+impl DimRate {
+    fn new(base: &str, rate: &Rate) -> Self {
+        let multi = rate.limits().len() > 1;
+        Self {
+            limits: rate
+                .limits()
+                .iter()
+                .map(|l| {
+                    let name = if multi {
+                        format!("{base}-{}s", l.window_secs())
+                    } else {
+                        base.to_string()
+                    };
+                    (*l, header_safe(&name).into())
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A policy name usable inside an RFC 8941 sf-string: printable ASCII, with `"` and `\\` replaced.
+fn header_safe(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DescriptorLimit {
+    descriptors: Vec<String>,
+    rate: DimRate,
+    name: String,
+}
+
+/// The compiled limits: what to check for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    algorithm: Algorithm,
+    prefix: String,
+    by_user: Option<DimRate>,
+    by_user_per_server: Option<DimRate>,
+    by_tenant: Option<DimRate>,
+    by_tool: HashMap<String, DimRate>,
+    limits: Vec<DescriptorLimit>,
+}
+
+/// The whole validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimiterConfig {
+    /// Limits.
+    pub policy: Policy,
+    /// Store.
+    pub backend: Backend,
+    /// Redis settings (`backend: redis` only).
+    pub redis: Option<RedisSettings>,
+    /// Backend failure behaviour.
+    pub fail_mode: FailMode,
+    /// Header flavour.
+    pub headers: HeaderFormat,
+    /// Memory store capacity.
+    pub memory_max_keys: usize,
+    /// The file as written (for printing the effective config).
+    pub raw: RawConfig,
+}
+
+fn err(path: &str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::new(path, msg)
+}
+
+fn enum_value<T: Copy>(
+    key: &str,
+    value: Option<&String>,
+    default: T,
+    choices: &[(&str, T)],
+) -> Result<T, ConfigError> {
+    let Some(v) = value else { return Ok(default) };
+    let norm = v.trim().to_ascii_lowercase();
+    choices
+        .iter()
+        .find(|(name, _)| *name == norm)
+        .map(|(_, t)| *t)
+        .ok_or_else(|| {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            err(
+                key,
+                format!("{v:?} is not valid; expected one of {}", names.join(", ")),
+            )
+        })
+}
+
+fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
+    let rate = parse_rate(text).map_err(|e| err(path, format!("{text:?}: {e}")))?;
+    if algorithm.needs_product_bound() {
+        for l in rate.limits() {
+            if u128::from(l.count()) * u128::from(l.window_micros()) > u128::from(MAX_EXACT) {
+                return Err(err(
+                    path,
+                    format!(
+                        "{text:?}: {} × {} s is too fine for {} (count × window in µs must not exceed 2^53); use a shorter window or a smaller count",
+                        l.count(),
+                        l.window_secs(),
+                        algorithm.name()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(rate)
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl LimiterConfig {
+    /// Validate a configuration given as JSON. `extra_keys` are the packaging's own settings,
+    /// returned untouched in the second element.
+    pub fn from_json_value(
+        value: serde_json::Value,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let (raw, extra) = split_and_parse(value, extra_keys)?;
+        Ok((Self::compile(raw)?, extra))
+    }
+
+    /// [`LimiterConfig::from_json_value`] from JSON text.
+    pub fn from_json_str(
+        text: &str,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let value: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| err("<root>", format!("not valid JSON: {e}")))?;
+        Self::from_json_value(value, extra_keys)
+    }
+
+    /// [`LimiterConfig::from_json_value`] from YAML text.
+    #[cfg(feature = "yaml")]
+    pub fn from_yaml_str(
+        text: &str,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let value: serde_json::Value = serde_yaml::from_str(text)
+            .map_err(|e| err("<root>", format!("not valid YAML: {e}")))?;
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        Self::from_json_value(value, extra_keys)
+    }
+
+    /// Validate a parsed file.
+    pub fn compile(raw: RawConfig) -> Result<Self, ConfigError> {
+        let algorithm = match raw.algorithm.as_deref() {
+            None => Algorithm::FixedWindow,
+            Some(a) => Algorithm::from_name(a).ok_or_else(|| {
+                err(
+                    "algorithm",
+                    format!(
+                        "{a:?} is not valid; expected one of \"fixed_window\", \"sliding_window\", \"sliding_window_counter\", \"token_bucket\", \"gcra\""
+                    ),
+                )
+            })?,
+        };
+        let backend = enum_value(
+            "backend",
+            raw.backend.as_ref(),
+            Backend::Memory,
+            &[("memory", Backend::Memory), ("redis", Backend::Redis)],
+        )?;
+        let fail_mode = enum_value(
+            "fail_mode",
+            raw.fail_mode.as_ref(),
+            FailMode::Open,
+            &[("open", FailMode::Open), ("closed", FailMode::Closed)],
+        )?;
+        let headers = enum_value(
+            "headers",
+            raw.headers.as_ref(),
+            HeaderFormat::Legacy,
+            &[
+                ("legacy", HeaderFormat::Legacy),
+                ("ietf", HeaderFormat::Ietf),
+                ("both", HeaderFormat::Both),
+                ("none", HeaderFormat::None),
+            ],
+        )?;
+        let clock = enum_value(
+            "clock",
+            raw.clock.as_ref(),
+            ClockSource::Server,
+            &[("server", ClockSource::Server), ("client", ClockSource::Client)],
+        )?;
+
+        let prefix = raw.redis_key_prefix.clone().unwrap_or_else(|| "rl".into());
+        if prefix.is_empty()
+            || prefix.len() > 64
+            || prefix
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'{' || b == b'}')
+        {
+            return Err(err(
+                "redis_key_prefix",
+                format!("{prefix:?} must be 1..=64 bytes without whitespace, control characters, '{{' or '}}'"),
+            ));
+        }
+
+        let dim = |key: &str, v: &Option<String>| -> Result<Option<DimRate>, ConfigError> {
+            v.as_ref()
+                .map(|text| rate_at(key, text, algorithm).map(|r| DimRate::new(key, &r)))
+                .transpose()
+        };
+        let by_user = dim("by_user", &raw.by_user)?;
+        let by_user_per_server = dim("by_user_per_server", &raw.by_user_per_server)?;
+        let by_tenant = dim("by_tenant", &raw.by_tenant)?;
+
+        let mut by_tool = HashMap::new();
+        let mut originals: HashMap<String, String> = HashMap::new();
+        for (name, text) in raw.by_tool.iter().flatten() {
+            let path = format!("by_tool[{name:?}]");
+            let norm = normalize_name(name);
+            if norm.is_empty() {
+                return Err(err(&path, "tool name is blank"));
+            }
+            let rate = rate_at(&path, text, algorithm)?;
+            if let Some(first) = originals.get(&norm) {
+                return Err(err(
+                    "by_tool",
+                    format!("duplicate key after normalisation: {first:?} and {name:?} both become {norm:?}"),
+                ));
+            }
+            originals.insert(norm.clone(), name.clone());
+            by_tool.insert(norm.clone(), DimRate::new(&format!("tool:{norm}"), &rate));
+        }
+
+        let mut limits: Vec<DescriptorLimit> = Vec::new();
+        for (i, l) in raw.limits.iter().flatten().enumerate() {
+            let path = format!("limits[{i}]");
+            if !valid_name(&l.name) {
+                return Err(err(
+                    &format!("{path}.name"),
+                    format!("{:?} must be 1..=64 ASCII letters, digits, '_', '-' or '.'", l.name),
+                ));
+            }
+            if ["user", "user_per_server", "tenant"].contains(&l.name.as_str())
+                || l.name.starts_with("tool")
+            {
+                return Err(err(
+                    &format!("{path}.name"),
+                    format!("{:?} is reserved for a built-in dimension", l.name),
+                ));
+            }
+            if limits.iter().any(|o| o.name == l.name) {
+                return Err(err(
+                    &format!("{path}.name"),
+                    format!("duplicate limit name {:?}", l.name),
+                ));
+            }
+            if l.descriptors.is_empty() {
+                return Err(err(
+                    &format!("{path}.descriptors"),
+                    "must name at least one descriptor",
+                ));
+            }
+            for (j, d) in l.descriptors.iter().enumerate() {
+                if d.trim().is_empty() || l.descriptors[..j].contains(d) {
+                    return Err(err(
+                        &format!("{path}.descriptors[{j}]"),
+                        format!("{d:?} is blank or repeated"),
+                    ));
+                }
+            }
+            let rate = rate_at(&format!("{path}.rate"), &l.rate, algorithm)?;
+            limits.push(DescriptorLimit {
+                descriptors: l.descriptors.clone(),
+                rate: DimRate::new(&l.name, &rate),
+                name: l.name.clone(),
+            });
+        }
+
+        let memory_max_keys = match raw.memory_max_keys {
+            None => 1_000_000,
+            Some(n) if (1_024..=100_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(err(
+                    "memory_max_keys",
+                    format!("{n} is outside 1024 ..= 100000000"),
+                ))
+            }
+        };
+        let timeout_ms = match raw.redis_timeout_ms {
+            None => 50,
+            Some(n) if (1..=60_000).contains(&n) => n,
+            Some(n) => {
+                return Err(err(
+                    "redis_timeout_ms",
+                    format!("{n} is outside 1 ..= 60000"),
+                ))
+            }
+        };
+        let negative_cache_keys = match raw.redis_negative_cache_keys {
+            None => 100_000,
+            Some(n) if n <= 10_000_000 => n as usize,
+            Some(n) => {
+                return Err(err(
+                    "redis_negative_cache_keys",
+                    format!("{n} is above 10000000"),
+                ))
+            }
+        };
+
+        let tls_fields = [
+            ("redis_ssl_ca_certs", &raw.redis_ssl_ca_certs),
+            ("redis_ssl_certfile", &raw.redis_ssl_certfile),
+            ("redis_ssl_keyfile", &raw.redis_ssl_keyfile),
+        ];
+        let redis = match backend {
+            Backend::Memory => None,
+            Backend::Redis => {
+                let url = raw
+                    .redis_url
+                    .clone()
+                    .filter(|u| !u.trim().is_empty())
+                    .ok_or_else(|| err("redis_url", "is required when backend is \"redis\""))?;
+                let url = url.trim().to_string();
+                let tls = url.starts_with("rediss://");
+                if !tls && !url.starts_with("redis://") && !url.starts_with("unix://") {
+                    return Err(err(
+                        "redis_url",
+                        format!("{url:?} must start with redis://, rediss:// or unix://"),
+                    ));
+                }
+                for (key, v) in tls_fields {
+                    if v.is_some() && !tls {
+                        return Err(err(key, format!("{v:?} requires a rediss:// redis_url")));
+                    }
+                }
+                if raw.redis_ssl_certfile.is_some() != raw.redis_ssl_keyfile.is_some() {
+                    return Err(err(
+                        "redis_ssl_certfile",
+                        "redis_ssl_certfile and redis_ssl_keyfile must be given together (mTLS)",
+                    ));
+                }
+                Some(RedisSettings {
+                    url,
+                    ca_certs: raw.redis_ssl_ca_certs.clone(),
+                    certfile: raw.redis_ssl_certfile.clone(),
+                    keyfile: raw.redis_ssl_keyfile.clone(),
+                    check_hostname: raw.redis_ssl_check_hostname.unwrap_or(true),
+                    timeout_ms,
+                    clock,
+                    negative_cache_keys,
+                })
+            }
+        };
+
+        Ok(Self {
+            policy: Policy {
+                algorithm,
+                prefix,
+                by_user,
+                by_user_per_server,
+                by_tenant,
+                by_tool,
+                limits,
+            },
+            backend,
+            redis,
+            fail_mode,
+            headers,
+            memory_max_keys,
+            raw,
+        })
+    }
+
+    /// The effective configuration (defaults filled in), for `--check-config` and logs.
+    pub fn effective(&self) -> serde_json::Value {
+        let r = &self.raw;
+        json!({
+            "by_user": r.by_user,
+            "by_user_per_server": r.by_user_per_server,
+            "by_tenant": r.by_tenant,
+            "by_tool": r.by_tool.clone().unwrap_or_default(),
+            "limits": r.limits.clone().unwrap_or_default(),
+            "algorithm": self.policy.algorithm.name(),
+            "backend": match self.backend { Backend::Memory => "memory", Backend::Redis => "redis" },
+            "redis_url": self.redis.as_ref().map(|s| redact(&s.url)),
+            "redis_key_prefix": self.policy.prefix,
+            "redis_timeout_ms": self.redis.as_ref().map(|s| s.timeout_ms),
+            "clock": self.redis.as_ref().map(|s| match s.clock { ClockSource::Server => "server", ClockSource::Client => "client" }),
+            "fail_mode": match self.fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
+            "headers": match self.headers { HeaderFormat::Legacy => "legacy", HeaderFormat::Ietf => "ietf", HeaderFormat::Both => "both", HeaderFormat::None => "none" },
+            "memory_max_keys": self.memory_max_keys,
+        })
+    }
+}
+
+/// Hide a password in a Redis URL.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
+}
+
+fn push_cells(
+    out: &mut Vec<Cell>,
+    rate: &DimRate,
+    kind: DimensionKind,
+    prefix: &str,
+    tenant: Option<&str>,
+    algorithm: Algorithm,
+    dim: DimKey<'_>,
+) {
+    for (limit, name) in &rate.limits {
+        out.push(Cell {
+            key: cell_key(prefix, tenant, dim, algorithm, limit.window_secs()),
+            limit: *limit,
+            algorithm,
+            dimension: kind,
+            name: name.clone(),
+        });
+    }
+}
+
+fn clean(s: Option<&str>) -> Option<&str> {
+    s.map(str::trim).filter(|s| !s.is_empty())
+}
+
+impl Policy {
+    /// The algorithm of every cell.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// Whether `by_user_per_server` is configured.
+    pub fn has_per_server(&self) -> bool {
+        self.by_user_per_server.is_some()
+    }
+
+    /// Whether the normalised tool name has a `by_tool` limit.
+    pub fn has_tool(&self, normalized: &str) -> bool {
+        self.by_tool.contains_key(normalized)
+    }
+
+    /// The descriptor names any descriptor limit reads (for packagings that extract them).
+    pub fn descriptor_names(&self) -> impl Iterator<Item = &str> {
+        self.limits
+            .iter()
+            .flat_map(|l| l.descriptors.iter().map(String::as_str))
+    }
+
+    /// The cells a request must pass, in tie-break order. An empty plan means no limit applies.
+    pub fn plan(&self, ctx: &RequestContext<'_>) -> Result<Plan, ContextError> {
+        let cost = ctx.cost.max(1);
+        if cost > MAX_COUNT {
+            return Err(ContextError::CostTooLarge(cost));
+        }
+        let tenant = clean(ctx.tenant);
+        let user = clean(ctx.user).unwrap_or("anonymous");
+        let server = if ctx.per_server && self.by_user_per_server.is_some() {
+            let s = clean(ctx.server).ok_or(ContextError::ServerIdMissing)?;
+            if s.len() > 128 {
+                return Err(ContextError::ServerIdTooLong);
+            }
+            if !s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return Err(ContextError::ServerIdInvalid);
+            }
+            Some(s)
+        } else {
+            None
+        };
+        let (p, a) = (self.prefix.as_str(), self.algorithm);
+        let mut cells = Vec::new();
+        if let Some(r) = &self.by_user {
+            push_cells(&mut cells, r, DimensionKind::User, p, tenant, a, DimKey::User(user));
+        }
+        if let (Some(r), Some(s)) = (&self.by_user_per_server, server) {
+            let dk = DimKey::UserServer(user, s);
+            push_cells(&mut cells, r, DimensionKind::UserPerServer, p, tenant, a, dk);
+        }
+        if let (Some(r), Some(_)) = (&self.by_tenant, tenant) {
+            push_cells(&mut cells, r, DimensionKind::Tenant, p, tenant, a, DimKey::Tenant);
+        }
+        if let Some(tool) = ctx.tool {
+            if !self.by_tool.is_empty() {
+                let norm = normalize_name(tool);
+                if let Some(r) = self.by_tool.get(&norm) {
+                    let dk = DimKey::Tool(&norm);
+                    push_cells(&mut cells, r, DimensionKind::Tool, p, tenant, a, dk);
+                }
+            }
+        }
+        for l in &self.limits {
+            let values: Option<Vec<&str>> = l
+                .descriptors
+                .iter()
+                .map(|d| {
+                    ctx.descriptors
+                        .iter()
+                        .find(|(n, _)| n == d)
+                        .map(|(_, v)| *v)
+                })
+                .collect();
+            if let Some(values) = values {
+                let dk = DimKey::Descriptor(&l.name, &values);
+                push_cells(&mut cells, &l.rate, DimensionKind::Descriptor, p, tenant, a, dk);
+            }
+        }
+        Ok(Plan { cells, cost })
+    }
+}

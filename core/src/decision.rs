@@ -1,0 +1,195 @@
+//! One decision over every dimension of a request.
+//!
+//! A store peeks every cell of a [`Plan`], passes the outcomes to [`Decision::combine`], and
+//! commits every cell only if the result is allowed: **all-or-nothing**. A user over their own
+//! limit never drains the tenant's or the tool's budget, and denied requests are counted nowhere.
+//!
+//! * Allowed: the reported cell is the one with the fewest remaining units (ties: plan order, i.e.
+//!   user, user_per_server, tenant, tool, descriptors).
+//! * Denied: `retry_at` is the latest of the denying cells' retry instants, i.e. the earliest time
+//!   at which every denying cell admits the request; `Retry-After` is that delay rounded *up* to
+//!   whole seconds, at least 1 (never too early). If some cell can never admit it (`cost > limit`)
+//!   the reason is [`DenyReason::CostExceedsLimit`] and there is no `Retry-After`.
+
+use std::sync::Arc;
+
+use crate::algorithm::Outcome;
+use crate::clock::Micros;
+use crate::config::rate::Limit;
+use crate::config::{DimensionKind, Plan};
+
+/// Why a request was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// A dimension is out of quota; retry after `retry_after_secs`.
+    Limited,
+    /// The request's cost exceeds a dimension's whole limit: it can never pass.
+    CostExceedsLimit,
+    /// The backend could not answer and `fail_mode` is `closed`.
+    BackendUnavailable,
+}
+
+impl DenyReason {
+    /// Stable lowercase name (metrics label, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DenyReason::Limited => "limited",
+            DenyReason::CostExceedsLimit => "cost_exceeds_limit",
+            DenyReason::BackendUnavailable => "backend_unavailable",
+        }
+    }
+}
+
+/// The result for one cell of the plan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DimensionResult {
+    /// Dimension kind.
+    pub dimension: DimensionKind,
+    /// Policy name (bounded; see [`crate::config::Cell::name`]).
+    pub name: Arc<str>,
+    /// The limit.
+    pub limit: Limit,
+    /// What the algorithm said.
+    pub outcome: Outcome,
+}
+
+/// The verdict on one request, with per-dimension detail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Admit the request?
+    pub allowed: bool,
+    /// Why not (denied only).
+    pub reason: Option<DenyReason>,
+    /// The instant the decision was taken (µs since epoch).
+    pub now: Micros,
+    /// Index into `dimensions` of the cell the headers describe.
+    pub reported: Option<usize>,
+    /// Denied and retryable: when every denying cell admits the request.
+    pub retry_at: Option<Micros>,
+    /// Denied and retryable: `ceil((retry_at - now) / 1 s)`, at least 1.
+    pub retry_after_secs: Option<u64>,
+    /// Every cell of the plan, in plan order.
+    pub dimensions: Vec<DimensionResult>,
+    /// Request cost.
+    pub cost: u64,
+}
+
+/// `ceil(us / 1e6)`.
+pub fn ceil_secs(us: Micros) -> u64 {
+    us.div_ceil(1_000_000)
+}
+
+impl Decision {
+    /// No limit applies to this request.
+    pub fn unlimited(now: Micros) -> Self {
+        Self {
+            allowed: true,
+            reason: None,
+            now,
+            reported: None,
+            retry_at: None,
+            retry_after_secs: None,
+            dimensions: Vec::new(),
+            cost: 1,
+        }
+    }
+
+    /// The backend failed and `fail_mode: closed`: deny, retry in 1 s.
+    pub fn backend_unavailable(now: Micros) -> Self {
+        Self {
+            allowed: false,
+            reason: Some(DenyReason::BackendUnavailable),
+            now,
+            reported: None,
+            retry_at: Some(now + 1_000_000),
+            retry_after_secs: Some(1),
+            dimensions: Vec::new(),
+            cost: 1,
+        }
+    }
+
+    /// Combine one outcome per cell of `plan` (same order) into a decision.
+    pub fn combine(plan: &Plan, now: Micros, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
+        let dimensions: Vec<DimensionResult> = plan
+            .cells
+            .iter()
+            .zip(outcomes)
+            .map(|(c, o)| DimensionResult {
+                dimension: c.dimension,
+                name: c.name.clone(),
+                limit: c.limit,
+                outcome: o,
+            })
+            .collect();
+        if dimensions.is_empty() {
+            return Self::unlimited(now);
+        }
+        let allowed = dimensions.iter().all(|d| d.outcome.allowed);
+        let mut d = Self {
+            allowed,
+            reason: None,
+            now,
+            reported: None,
+            retry_at: None,
+            retry_after_secs: None,
+            dimensions,
+            cost: plan.cost,
+        };
+        if allowed {
+            let mut best = 0;
+            for (i, r) in d.dimensions.iter().enumerate() {
+                if r.outcome.remaining < d.dimensions[best].outcome.remaining {
+                    best = i;
+                }
+            }
+            d.reported = Some(best);
+            return d;
+        }
+        let mut never = None;
+        let mut latest: Option<(usize, Micros)> = None;
+        for (i, r) in d.dimensions.iter().enumerate() {
+            if r.outcome.allowed {
+                continue;
+            }
+            match r.outcome.retry_at {
+                None => {
+                    never.get_or_insert(i);
+                }
+                Some(t) => {
+                    if latest.is_none_or(|(_, best)| t > best) {
+                        latest = Some((i, t));
+                    }
+                }
+            }
+        }
+        if let Some(i) = never {
+            d.reason = Some(DenyReason::CostExceedsLimit);
+            d.reported = Some(i);
+        } else if let Some((i, t)) = latest {
+            d.reason = Some(DenyReason::Limited);
+            d.reported = Some(i);
+            d.retry_at = Some(t);
+            d.retry_after_secs = Some(ceil_secs(t.saturating_sub(now)).max(1));
+        }
+        d
+    }
+
+    /// The reported cell, if any.
+    pub fn reported(&self) -> Option<&DimensionResult> {
+        self.reported.and_then(|i| self.dimensions.get(i))
+    }
+
+    /// The instant the headers call "reset": for an allowed request the reported cell's full
+    /// restore; for a denied one `now + Retry-After` (so `Reset` and `Retry-After` agree).
+    pub fn reset_at(&self) -> Option<Micros> {
+        match (self.allowed, self.retry_after_secs) {
+            (false, Some(s)) => Some(self.now + s * 1_000_000),
+            _ => self.reported().map(|r| r.outcome.reset_at.max(self.now)),
+        }
+    }
+
+    /// Remaining units of the reported cell.
+    pub fn remaining(&self) -> Option<u64> {
+        self.reported().map(|r| r.outcome.remaining)
+    }
+}

@@ -1,0 +1,151 @@
+//! Storage keys: an injective, bounded encoding of untrusted identities.
+//!
+//! ```text
+//! key       = prefix ":" tag ":" algorithm ":" window_secs ":" tenant dimension
+//! tag       = "{" 16 hex digits of FNV-1a-64("t" tenant) "}"  |  "{-}"     (Redis Cluster hash tag)
+//! tenant    = "t-" | "t" enc(tenant)
+//! dimension = ":u" enc(user) | ":s" enc(user) enc(server) | ":T" | ":k" enc(tool)
+//!           | ":d" enc(limit-name) count ":" enc(value)*
+//! enc(x)    = len ":" x               if x has at most 64 bytes   (len in decimal)
+//!           | "#" hex(SHA-256(x))     otherwise
+//! ```
+//!
+//! Reading left to right, every component is self-delimiting (a length prefix, a fixed-width hash
+//! or a fixed tag), so two different (tenant, dimension, user, server, tool, descriptor) tuples
+//! never give the same key, whatever bytes the identities contain (`alice:server:gw-9` is not
+//! alice's per-server key), unless SHA-256 collides. Keys are bounded (every component at most 67
+//! bytes). The algorithm and window are part of the key, so changing either never reads another
+//! algorithm's state. Every key of one request shares the tenant's hash tag, so one Redis script
+//! may touch all of them on a cluster.
+
+use std::fmt::Write;
+
+use sha2::{Digest, Sha256};
+
+use crate::algorithm::Algorithm;
+
+/// Components longer than this are replaced by their SHA-256.
+pub const MAX_RAW_COMPONENT: usize = 64;
+
+/// The identity part of one dimension's key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DimKey<'a> {
+    /// Per user.
+    User(&'a str),
+    /// Per (user, server).
+    UserServer(&'a str, &'a str),
+    /// Per tenant (the tenant itself is the key's scope).
+    Tenant,
+    /// Per tool or prompt (normalised name).
+    Tool(&'a str),
+    /// A named descriptor limit and the values of its descriptors, in configured order.
+    Descriptor(&'a str, &'a [&'a str]),
+}
+
+fn enc(out: &mut String, x: &str) {
+    if x.len() <= MAX_RAW_COMPONENT {
+        let _ = write!(out, "{}:", x.len());
+        out.push_str(x);
+    } else {
+        out.push('#');
+        for b in Sha256::digest(x.as_bytes()) {
+            let _ = write!(out, "{b:02x}");
+        }
+    }
+}
+
+/// FNV-1a, 64 bit: only places keys on a Redis Cluster slot (no security role).
+fn fnv1a64(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Build the storage key of one (dimension, limit) cell. See the module doc for the grammar.
+///
+/// ```
+/// use ratewall_core::key::{cell_key, DimKey};
+/// use ratewall_core::Algorithm;
+/// let a = cell_key("rl", None, DimKey::User("alice:server:gw-9"), Algorithm::Gcra, 60);
+/// let b = cell_key("rl", None, DimKey::UserServer("alice", "gw-9"), Algorithm::Gcra, 60);
+/// assert_ne!(a, b);
+/// assert_eq!(cell_key("rl", None, DimKey::User("bob"), Algorithm::FixedWindow, 60), "rl:{-}:fw:60:t-:u3:bob");
+/// ```
+pub fn cell_key(
+    prefix: &str,
+    tenant: Option<&str>,
+    dim: DimKey<'_>,
+    algorithm: Algorithm,
+    window_secs: u64,
+) -> String {
+    let mut k = String::with_capacity(prefix.len() + 64);
+    k.push_str(prefix);
+    match tenant {
+        Some(t) => {
+            let _ = write!(k, ":{{{:016x}}}", fnv1a64(&[b"t", t.as_bytes()]));
+        }
+        None => k.push_str(":{-}"),
+    }
+    let _ = write!(k, ":{}:{}:", algorithm.key_tag(), window_secs);
+    match tenant {
+        Some(t) => {
+            k.push('t');
+            enc(&mut k, t);
+        }
+        None => k.push_str("t-"),
+    }
+    match dim {
+        DimKey::User(u) => {
+            k.push_str(":u");
+            enc(&mut k, u);
+        }
+        DimKey::UserServer(u, s) => {
+            k.push_str(":s");
+            enc(&mut k, u);
+            enc(&mut k, s);
+        }
+        DimKey::Tenant => k.push_str(":T"),
+        DimKey::Tool(t) => {
+            k.push_str(":k");
+            enc(&mut k, t);
+        }
+        DimKey::Descriptor(name, values) => {
+            k.push_str(":d");
+            enc(&mut k, name);
+            let _ = write!(k, "{}:", values.len());
+            for v in values {
+                enc(&mut k, v);
+            }
+        }
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_components_are_hashed_and_bounded() {
+        let long = "x".repeat(10_000);
+        let k = cell_key("rl", Some(&long), DimKey::User(&long), Algorithm::Gcra, 1);
+        assert!(k.len() < 200, "{k}");
+        assert!(k.contains('#'));
+    }
+
+    #[test]
+    fn tenant_scopes_and_shares_hash_tag() {
+        let a = cell_key("rl", Some("acme"), DimKey::User("u"), Algorithm::Gcra, 1);
+        let b = cell_key("rl", Some("acme"), DimKey::Tool("echo"), Algorithm::Gcra, 60);
+        let c = cell_key("rl", Some("other"), DimKey::User("u"), Algorithm::Gcra, 1);
+        let tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_string();
+        assert_eq!(tag(&a), tag(&b));
+        assert_ne!(tag(&a), tag(&c));
+        assert_ne!(a, c);
+    }
+}

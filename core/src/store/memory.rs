@@ -1,0 +1,254 @@
+//! The in-process memory store: sharded, exact, bounded.
+//!
+//! * **Concurrency.** Keys are spread over `SHARDS` mutex-protected maps. A request locks the
+//!   shards of its cells in ascending index order (so two requests can never deadlock), reads the
+//!   clock, peeks every cell, and commits every cell only if all admit: all-or-nothing and exact
+//!   (T threads on one key with limit L admit exactly L). There is no global lock and no
+//!   background thread; requests on different shards run in parallel.
+//! * **Bounds.** At most `max_keys` cells (rounded up to a multiple of `SHARDS`). Each insertion
+//!   first examines two entries under the shard's CLOCK hand and drops them if expired
+//!   (incremental reclamation, never a stop-the-world sweep). When a shard is full the hand
+//!   sweeps: expired entries are dropped, recently used ones get a second chance, and the first
+//!   cold live entry is evicted (CLOCK ≈ LRU). Reclaimed and evicted entries are counted.
+//! * An expired entry is indistinguishable from an absent one (see
+//!   [`crate::algorithm::CellState::expires_at`]), so reclamation never changes a decision;
+//!   eviction of a live entry forgets its usage (the price of the bound, counted in
+//!   [`MemoryStats::evictions`]).
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use parking_lot::{Mutex, MutexGuard};
+use rustc_hash::FxBuildHasher;
+
+use super::{Store, StoreError};
+use crate::algorithm::CellState;
+use crate::clock::{Clock, Micros};
+use crate::config::Plan;
+use crate::decision::Decision;
+
+/// Number of shards (a power of two).
+pub const SHARDS: usize = 64;
+
+/// Entries examined by the reclaiming hand on every insertion.
+const RECLAIM_STEPS: usize = 2;
+
+struct Entry {
+    state: CellState,
+    expires_at: Micros,
+    referenced: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: IndexMap<Box<str>, Entry, FxBuildHasher>,
+    hand: usize,
+}
+
+/// Counters of the memory store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Live cells stored.
+    pub keys: u64,
+    /// Expired cells dropped.
+    pub reclaimed: u64,
+    /// Live cells evicted because the store was full.
+    pub evictions: u64,
+}
+
+/// Pad each shard to its own cache line pair so shards do not false-share.
+#[repr(align(128))]
+struct Padded(Mutex<Shard>);
+
+/// Sharded, bounded, exact in-process store.
+pub struct MemoryStore {
+    shards: Box<[Padded]>,
+    per_shard: usize,
+    clock: Arc<dyn Clock>,
+    hasher: FxBuildHasher,
+    reclaimed: AtomicU64,
+    evictions: AtomicU64,
+}
+
+impl MemoryStore {
+    /// A store holding at most `max_keys` cells (at least one per shard).
+    pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Padded(Mutex::new(Shard::default())))
+                .collect(),
+            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            clock,
+            hasher: FxBuildHasher,
+            reclaimed: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    /// The store's clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> MemoryStats {
+        MemoryStats {
+            keys: self.shards.iter().map(|s| s.0.lock().map.len() as u64).sum(),
+            reclaimed: self.reclaimed.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        key.hash(&mut h);
+        ((h.finish() >> 32) as usize) & (SHARDS - 1)
+    }
+
+    /// Drop expired entries under the hand; when `need_room`, continue until one entry is
+    /// removed (an expired one, or the first cold live one, which counts as an eviction).
+    fn sweep(&self, shard: &mut Shard, now: Micros, need_room: bool) {
+        let mut steps = 0usize;
+        let max_steps = if need_room {
+            2 * shard.map.len() + 1
+        } else {
+            RECLAIM_STEPS
+        };
+        while steps < max_steps && !shard.map.is_empty() {
+            steps += 1;
+            if shard.hand >= shard.map.len() {
+                shard.hand = 0;
+            }
+            let Some((_, e)) = shard.map.get_index_mut(shard.hand) else {
+                break;
+            };
+            if e.expires_at <= now {
+                shard.map.swap_remove_index(shard.hand);
+                self.reclaimed.fetch_add(1, Ordering::Relaxed);
+                if need_room {
+                    return;
+                }
+            } else if need_room && !e.referenced {
+                shard.map.swap_remove_index(shard.hand);
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                return;
+            } else {
+                e.referenced = false;
+                shard.hand += 1;
+            }
+        }
+    }
+
+    fn insert(&self, shard: &mut Shard, key: &str, entry: Entry, now: Micros) {
+        self.sweep(shard, now, false);
+        if shard.map.len() >= self.per_shard {
+            self.sweep(shard, now, true);
+        }
+        shard.map.insert(key.into(), entry);
+    }
+
+    fn check_single(&self, plan: &Plan) -> Decision {
+        let cell = &plan.cells[0];
+        let mut shard = self.shards[self.shard_of(&cell.key)].0.lock();
+        let now = self.clock.now_micros();
+        let idx = shard.map.get_index_of(cell.key.as_str());
+        let fresh;
+        let state = match idx.and_then(|i| shard.map.get_index(i)) {
+            Some((_, e)) if e.state.algorithm() == cell.algorithm => &e.state,
+            _ => {
+                fresh = cell.algorithm.fresh_state();
+                &fresh
+            }
+        };
+        let outcome = state.peek(now, plan.cost, &cell.limit);
+        let decision = Decision::combine(plan, now, [outcome]);
+        if decision.allowed {
+            self.commit(&mut shard, idx, cell, plan.cost, now);
+        }
+        decision
+    }
+
+    fn commit(
+        &self,
+        shard: &mut Shard,
+        idx: Option<usize>,
+        cell: &crate::config::Cell,
+        cost: u64,
+        now: Micros,
+    ) {
+        if let Some((_, e)) = idx.and_then(|i| shard.map.get_index_mut(i)) {
+            if e.state.algorithm() != cell.algorithm {
+                e.state = cell.algorithm.fresh_state();
+            }
+            e.state.commit(now, cost, &cell.limit);
+            e.expires_at = e.state.expires_at(&cell.limit);
+            e.referenced = true;
+        } else {
+            let mut state = cell.algorithm.fresh_state();
+            state.commit(now, cost, &cell.limit);
+            let entry = Entry {
+                expires_at: state.expires_at(&cell.limit),
+                state,
+                referenced: true,
+            };
+            self.insert(shard, &cell.key, entry, now);
+        }
+    }
+}
+
+impl Store for MemoryStore {
+    fn check(&self, plan: &Plan) -> Result<Decision, StoreError> {
+        match plan.cells.len() {
+            0 => return Ok(Decision::unlimited(self.clock.now_micros())),
+            1 => return Ok(self.check_single(plan)),
+            _ => {}
+        }
+        let shard_ids: Vec<usize> = plan.cells.iter().map(|c| self.shard_of(&c.key)).collect();
+        let mut order = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
+            .iter()
+            .map(|&i| (i, self.shards[i].0.lock()))
+            .collect();
+        let slot = |id: usize| guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
+        let slots: Vec<usize> = shard_ids.iter().map(|&id| slot(id)).collect();
+        let now = self.clock.now_micros();
+
+        let mut idxs = Vec::with_capacity(plan.cells.len());
+        let mut outcomes = Vec::with_capacity(plan.cells.len());
+        for (cell, &g) in plan.cells.iter().zip(&slots) {
+            let map = &guards[g].1.map;
+            let idx = map.get_index_of(cell.key.as_str());
+            let o = match idx.and_then(|i| map.get_index(i)) {
+                Some((_, e)) if e.state.algorithm() == cell.algorithm => {
+                    e.state.peek(now, plan.cost, &cell.limit)
+                }
+                _ => cell
+                    .algorithm
+                    .fresh_state()
+                    .peek(now, plan.cost, &cell.limit),
+            };
+            idxs.push(idx);
+            outcomes.push(o);
+        }
+        let decision = Decision::combine(plan, now, outcomes);
+        if decision.allowed {
+            // Existing entries first (their indices stay valid), then insertions (which may
+            // reclaim or evict and so move indices).
+            for ((cell, &g), idx) in plan.cells.iter().zip(&slots).zip(&idxs) {
+                if idx.is_some() {
+                    self.commit(&mut guards[g].1, *idx, cell, plan.cost, now);
+                }
+            }
+            for ((cell, &g), idx) in plan.cells.iter().zip(&slots).zip(&idxs) {
+                if idx.is_none() {
+                    self.commit(&mut guards[g].1, None, cell, plan.cost, now);
+                }
+            }
+        }
+        Ok(decision)
+    }
+}

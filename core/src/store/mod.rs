@@ -1,0 +1,105 @@
+//! Stores: one batched, atomic operation per request.
+//!
+//! A store takes the [`Plan`] of one request (every cell of every dimension) and answers with one
+//! [`Decision`], consuming in every cell or in none. It reads "now" itself, from its injected
+//! [`crate::clock::Clock`] (memory) or from the Redis server, *after* it holds whatever makes the
+//! batch atomic, so a later instant is never applied before an earlier one.
+//!
+//! * [`memory::MemoryStore`] (feature `memory`): sharded, bounded, in-process.
+//! * The Redis store (feature `redis` of the `ratewall-redis` code path) runs one Lua script.
+//! * The Envoy filter keeps cells in proxy-wasm shared data and reuses [`apply_batch`].
+
+#[cfg(feature = "memory")]
+pub mod memory;
+
+use crate::algorithm::{CellState, Outcome};
+use crate::clock::Micros;
+use crate::config::Plan;
+use crate::decision::Decision;
+
+/// A store failed to answer (the front end applies `fail_mode`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError {
+    /// What failed, for logs.
+    pub message: String,
+    /// Whether retrying later may succeed (connection loss, timeout) as opposed to a
+    /// misconfiguration (authentication, bad script).
+    pub transient: bool,
+}
+
+impl StoreError {
+    /// A transient failure.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+
+    /// A permanent failure.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The batched interface every synchronous store implements.
+pub trait Store: Send + Sync {
+    /// Check every cell of `plan` at the store's "now"; consume in all of them or in none.
+    fn check(&self, plan: &Plan) -> Result<Decision, StoreError>;
+}
+
+/// The all-or-nothing batch over already-loaded states: peek every cell, combine, and commit
+/// every cell only if allowed. `states[i]` is the state of `plan.cells[i]` (`None` = fresh);
+/// returns the decision and, if allowed, the new states to write back.
+///
+/// Stores that load and store state themselves (proxy-wasm shared data with CAS) use this so the
+/// semantics are exactly the memory store's.
+pub fn apply_batch(
+    plan: &Plan,
+    now: Micros,
+    states: &[Option<CellState>],
+) -> (Decision, Option<Vec<CellState>>) {
+    let fresh: Vec<CellState> = plan
+        .cells
+        .iter()
+        .map(|c| c.algorithm.fresh_state())
+        .collect();
+    let pick = |i: usize| -> &CellState {
+        match states.get(i).and_then(Option::as_ref) {
+            Some(s) if s.algorithm() == plan.cells[i].algorithm => s,
+            _ => &fresh[i],
+        }
+    };
+    let outcomes: Vec<Outcome> = plan
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| pick(i).peek(now, plan.cost, &c.limit))
+        .collect();
+    let decision = Decision::combine(plan, now, outcomes);
+    if !decision.allowed {
+        return (decision, None);
+    }
+    let new_states = plan
+        .cells
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut s = pick(i).clone();
+            s.commit(now, plan.cost, &c.limit);
+            s
+        })
+        .collect();
+    (decision, Some(new_states))
+}

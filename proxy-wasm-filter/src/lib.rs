@@ -1,0 +1,1 @@
+//! ratewall proxy-wasm filter (work in progress).
