@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Runs every test of ratewall: fmt, clippy, cargo test, the wasm build, the Python package and its
+# tests, and the end-to-end tests against real redis-server, Envoy and nginx on loopback ports.
+# Installs what it needs (apt packages, the wasm target, a Python venv in .venv) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+step() { printf '\n==== %s\n' "$*"; }
+
+step "prerequisites"
+need_apt=()
+command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v wrk >/dev/null || need_apt+=(wrk)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+rustup target list --installed | grep -q wasm32-wasip1 || rustup target add wasm32-wasip1
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/pip install -q --upgrade pip >/dev/null
+.venv/bin/pip install -q -r tests/requirements.txt
+export PATH="$ROOT/.venv/bin:$PATH"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+step "build (release binaries + wasm filter)"
+cargo build --release --workspace --exclude ratewall-filter
+cargo build --release -p ratewall-filter --target wasm32-wasip1
+cargo build -p ratewall-core --target wasm32-wasip1 --no-default-features
+
+step "cargo test"
+cargo test --workspace --all-features
+
+if [ -f pyo3-binding/pyproject.toml ]; then
+  step "python package"
+  .venv/bin/pip install -q ./pyo3-binding
+fi
+
+step "python and end-to-end tests"
+pytest_dirs=()
+for d in tests pyo3-binding/tests http-service/e2e proxy-wasm-filter/e2e; do
+  if compgen -G "$d/test_*.py" >/dev/null; then pytest_dirs+=("$d"); fi
+done
+if [ ${#pytest_dirs[@]} -gt 0 ]; then
+  .venv/bin/python -m pytest -q -p no:cacheprovider "${pytest_dirs[@]}"
+fi
+step "all tests passed"
