@@ -11,11 +11,12 @@
 //!   whole seconds, at least 1 (never too early). If some cell can never admit it (`cost > limit`)
 //!   the reason is [`DenyReason::CostExceedsLimit`] and there is no `Retry-After`.
 
-use std::sync::Arc;
+use smallvec::SmallVec;
 
 use crate::algorithm::Outcome;
 use crate::clock::Micros;
 use crate::config::rate::Limit;
+use crate::config::compile::PolicyName;
 use crate::config::{DimensionKind, Plan};
 
 /// Why a request was denied.
@@ -40,13 +41,16 @@ impl DenyReason {
     }
 }
 
+/// Per-cell results of one decision.
+pub type Dimensions = SmallVec<[DimensionResult; 4]>;
+
 /// The result for one cell of the plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DimensionResult {
     /// Dimension kind.
     pub dimension: DimensionKind,
     /// Policy name (bounded; see [`crate::config::Cell::name`]).
-    pub name: Arc<str>,
+    pub name: PolicyName,
     /// The limit.
     pub limit: Limit,
     /// What the algorithm said.
@@ -68,8 +72,8 @@ pub struct Decision {
     pub retry_at: Option<Micros>,
     /// Denied and retryable: `ceil((retry_at - now) / 1 s)`, at least 1.
     pub retry_after_secs: Option<u64>,
-    /// Every cell of the plan, in plan order.
-    pub dimensions: Vec<DimensionResult>,
+    /// Every cell of the plan, in plan order (inline up to 4: no allocation per decision).
+    pub dimensions: Dimensions,
     /// Request cost.
     pub cost: u64,
 }
@@ -89,7 +93,7 @@ impl Decision {
             reported: None,
             retry_at: None,
             retry_after_secs: None,
-            dimensions: Vec::new(),
+            dimensions: Dimensions::new(),
             cost: 1,
         }
     }
@@ -103,20 +107,20 @@ impl Decision {
             reported: None,
             retry_at: Some(now + 1_000_000),
             retry_after_secs: Some(1),
-            dimensions: Vec::new(),
+            dimensions: Dimensions::new(),
             cost: 1,
         }
     }
 
     /// Combine one outcome per cell of `plan` (same order) into a decision.
     pub fn combine(plan: &Plan, now: Micros, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
-        let dimensions: Vec<DimensionResult> = plan
+        let dimensions: Dimensions = plan
             .cells
             .iter()
             .zip(outcomes)
             .map(|(c, o)| DimensionResult {
                 dimension: c.dimension,
-                name: c.name.clone(),
+                name: c.name,
                 limit: c.limit,
                 outcome: o,
             })

@@ -4,8 +4,8 @@
 //! context (user, tenant, server, tool, descriptors, cost) to the cells it must pass, in the
 //! tie-break order user, user_per_server, tenant, tool, descriptors.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
 
 use serde_json::json;
 
@@ -58,8 +58,12 @@ pub enum ClockSource {
 /// Redis connection settings (validated as strings here; files are opened by the Redis store).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://`, `rediss://` or `unix://` URL; with `cluster`, one or more comma-separated
+    /// `redis://` or `rediss://` seed node URLs.
     pub url: String,
+    /// Redis Cluster mode (`redis_cluster: true`): `url` lists seed nodes, keys are routed by
+    /// their hash tag.
+    pub cluster: bool,
     /// CA bundle (PEM) for `rediss://`.
     pub ca_certs: Option<String>,
     /// Client certificate (PEM) for mTLS.
@@ -74,6 +78,60 @@ pub struct RedisSettings {
     pub clock: ClockSource,
     /// Capacity of the negative cache (0 disables it).
     pub negative_cache_keys: usize,
+}
+
+/// A policy name (`by_user`, `tool:echo`, a descriptor limit's name, ...): configured, hence
+/// bounded, and interned for the life of the process so that copying it on the hot path touches
+/// no shared reference count (an `Arc` clone per check would bounce one cache line between all
+/// threads checking any key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyName(&'static str);
+
+impl PolicyName {
+    /// Intern `name` (each distinct name is allocated once per process).
+    pub fn intern(name: &str) -> Self {
+        static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+        let mut set = NAMES
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = set.get(name) {
+            return Self(s);
+        }
+        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+        set.insert(leaked);
+        Self(leaked)
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &'static str {
+        self.0
+    }
+}
+
+impl std::ops::Deref for PolicyName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0
+    }
+}
+
+impl AsRef<str> for PolicyName {
+    fn as_ref(&self) -> &str {
+        self.0
+    }
+}
+
+impl std::fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+impl serde::Serialize for PolicyName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
 }
 
 /// Which dimension a cell belongs to (bounded: usable as a metrics label).
@@ -117,7 +175,7 @@ pub struct Cell {
     pub dimension: DimensionKind,
     /// Policy name for headers and metrics (`user`, `tenant`, `tool:echo`, a descriptor limit's
     /// name; `-<window>s` appended when a dimension has several limits). Configured, so bounded.
-    pub name: Arc<str>,
+    pub name: PolicyName,
 }
 
 /// Everything one request must pass.
@@ -194,7 +252,7 @@ impl std::error::Error for ContextError {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct DimRate {
-    limits: Vec<(Limit, Arc<str>)>,
+    limits: Vec<(Limit, PolicyName)>,
 }
 
 impl DimRate {
@@ -210,7 +268,7 @@ impl DimRate {
                     } else {
                         base.to_string()
                     };
-                    (*l, header_safe(&name).into())
+                    (*l, PolicyName::intern(&header_safe(&name)))
                 })
                 .collect(),
         }
@@ -531,8 +589,24 @@ impl LimiterConfig {
                     .filter(|u| !u.trim().is_empty())
                     .ok_or_else(|| err("redis_url", "is required when backend is \"redis\""))?;
                 let url = url.trim().to_string();
+                let cluster = raw.redis_cluster.unwrap_or(false);
                 let tls = url.starts_with("rediss://");
-                if !tls && !url.starts_with("redis://") && !url.starts_with("unix://") {
+                if cluster {
+                    for part in url.split(',').map(str::trim) {
+                        if !(part.starts_with("redis://") || part.starts_with("rediss://")) {
+                            return Err(err(
+                                "redis_url",
+                                format!("{part:?} must start with redis:// or rediss:// (redis_cluster: true takes comma-separated seed node URLs)"),
+                            ));
+                        }
+                        if part.starts_with("rediss://") != tls {
+                            return Err(err(
+                                "redis_url",
+                                format!("{url:?} mixes redis:// and rediss:// seed nodes"),
+                            ));
+                        }
+                    }
+                } else if !tls && !url.starts_with("redis://") && !url.starts_with("unix://") {
                     return Err(err(
                         "redis_url",
                         format!("{url:?} must start with redis://, rediss:// or unix://"),
@@ -551,6 +625,7 @@ impl LimiterConfig {
                 }
                 Some(RedisSettings {
                     url,
+                    cluster,
                     ca_certs: raw.redis_ssl_ca_certs.clone(),
                     certfile: raw.redis_ssl_certfile.clone(),
                     keyfile: raw.redis_ssl_keyfile.clone(),
@@ -595,6 +670,7 @@ impl LimiterConfig {
             "redis_url": self.redis.as_ref().map(|s| redact(&s.url)),
             "redis_key_prefix": self.policy.prefix,
             "redis_timeout_ms": self.redis.as_ref().map(|s| s.timeout_ms),
+            "redis_cluster": self.redis.as_ref().map(|s| s.cluster),
             "clock": self.redis.as_ref().map(|s| match s.clock { ClockSource::Server => "server", ClockSource::Client => "client" }),
             "fail_mode": match self.fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
             "headers": match self.headers { HeaderFormat::Legacy => "legacy", HeaderFormat::Ietf => "ietf", HeaderFormat::Both => "both", HeaderFormat::None => "none" },
@@ -605,6 +681,15 @@ impl LimiterConfig {
 
 /// Hide a password in a Redis URL.
 pub fn redact(url: &str) -> String {
+    // A cluster seed list: redact every node (only when every part is a URL, so a password
+    // containing ',' is never split and partly shown).
+    if url.contains(',')
+        && url
+            .split(',')
+            .all(|p| p.trim_start().starts_with("redis://") || p.trim_start().starts_with("rediss://"))
+    {
+        return url.split(',').map(redact).collect::<Vec<_>>().join(",");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_string(),
@@ -626,7 +711,7 @@ fn push_cells(
             limit: *limit,
             algorithm,
             dimension: kind,
-            name: name.clone(),
+            name: *name,
         });
     }
 }

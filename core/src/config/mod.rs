@@ -13,7 +13,7 @@ pub mod rate;
 pub mod schema;
 
 pub use compile::{
-    Backend, Cell, ClockSource, ContextError, DimensionKind, FailMode, HeaderFormat,
+    Backend, Cell, ClockSource, ContextError, DimensionKind, FailMode, HeaderFormat, PolicyName,
     LimiterConfig, Plan, Policy, RedisSettings, RequestContext,
 };
 

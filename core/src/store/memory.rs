@@ -19,9 +19,11 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use indexmap::map::RawEntryApiV1;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, MutexGuard};
 use rustc_hash::FxBuildHasher;
+use smallvec::SmallVec;
 
 use super::{Store, StoreError};
 use crate::algorithm::CellState;
@@ -56,6 +58,17 @@ pub struct MemoryStats {
     pub reclaimed: u64,
     /// Live cells evicted because the store was full.
     pub evictions: u64,
+}
+
+/// Inline storage for per-cell scratch data (no allocation for up to 8 cells).
+type Small<T> = SmallVec<[T; 8]>;
+
+/// Index of `key` in the shard, using the already computed hash.
+fn index_of(shard: &Shard, hash: u64, key: &str) -> Option<usize> {
+    shard
+        .map
+        .raw_entry_v1()
+        .index_from_hash(hash, |k| k.as_ref() == key)
 }
 
 /// Pad each shard to its own cache line pair so shards do not false-share.
@@ -101,10 +114,12 @@ impl MemoryStore {
         }
     }
 
-    fn shard_of(&self, key: &str) -> usize {
+    /// The key's hash (the one the shard maps use) and its shard.
+    fn locate(&self, key: &str) -> (u64, usize) {
         let mut h = self.hasher.build_hasher();
         key.hash(&mut h);
-        ((h.finish() >> 32) as usize) & (SHARDS - 1)
+        let hash = h.finish();
+        (hash, ((hash >> 32) as usize) & (SHARDS - 1))
     }
 
     /// Drop expired entries under the hand; when `need_room`, continue until one entry is
@@ -151,9 +166,10 @@ impl MemoryStore {
 
     fn check_single(&self, plan: &Plan) -> Decision {
         let cell = &plan.cells[0];
-        let mut shard = self.shards[self.shard_of(&cell.key)].0.lock();
+        let (hash, sid) = self.locate(&cell.key);
+        let mut shard = self.shards[sid].0.lock();
         let now = self.clock.now_micros();
-        let idx = shard.map.get_index_of(cell.key.as_str());
+        let idx = index_of(&shard, hash, &cell.key);
         let fresh;
         let state = match idx.and_then(|i| shard.map.get_index(i)) {
             Some((_, e)) if e.state.algorithm() == cell.algorithm => &e.state,
@@ -205,23 +221,23 @@ impl Store for MemoryStore {
             1 => return Ok(self.check_single(plan)),
             _ => {}
         }
-        let shard_ids: Vec<usize> = plan.cells.iter().map(|c| self.shard_of(&c.key)).collect();
-        let mut order = shard_ids.clone();
+        let located: Small<(u64, usize)> = plan.cells.iter().map(|c| self.locate(&c.key)).collect();
+        let mut order: Small<usize> = located.iter().map(|l| l.1).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
+        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> = order
             .iter()
             .map(|&i| (i, self.shards[i].0.lock()))
             .collect();
         let slot = |id: usize| guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
-        let slots: Vec<usize> = shard_ids.iter().map(|&id| slot(id)).collect();
+        let slots: Small<usize> = located.iter().map(|&(_, id)| slot(id)).collect();
         let now = self.clock.now_micros();
 
-        let mut idxs = Vec::with_capacity(plan.cells.len());
-        let mut outcomes = Vec::with_capacity(plan.cells.len());
-        for (cell, &g) in plan.cells.iter().zip(&slots) {
+        let mut idxs: Small<Option<usize>> = Small::new();
+        let mut outcomes: Small<crate::algorithm::Outcome> = Small::new();
+        for ((cell, &g), &(hash, _)) in plan.cells.iter().zip(&slots).zip(&located) {
+            let idx = index_of(&guards[g].1, hash, &cell.key);
             let map = &guards[g].1.map;
-            let idx = map.get_index_of(cell.key.as_str());
             let o = match idx.and_then(|i| map.get_index(i)) {
                 Some((_, e)) if e.state.algorithm() == cell.algorithm => {
                     e.state.peek(now, plan.cost, &cell.limit)

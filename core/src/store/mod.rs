@@ -11,6 +11,8 @@
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 use crate::algorithm::{CellState, Outcome};
 use crate::clock::Micros;

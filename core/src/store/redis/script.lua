@@ -1,0 +1,417 @@
+-- ratewall: one atomic, all-or-nothing rate limit check over every cell of one request.
+--
+-- This file is the contract shared by the Rust store (ratewall_core::store::redis::SCRIPT) and the
+-- pure-Python engine of the gateway plugin (which runs this same text with EVALSHA via redis-py).
+-- It mirrors core/src/algorithm/*.rs exactly: integer microseconds, the same formulas, the same
+-- saturating subtractions. Lua numbers are IEEE doubles; the configuration keeps every
+-- intermediate value below 2^53, where doubles are exact integers, and integer division is done as
+-- math.floor(a / b), which is exact for 0 <= a < 2^53, b >= 1 (the rounding error of a / b is
+-- below 1 / b, the distance from a non-integer quotient to the next integer).
+--
+-- CALL
+--   EVALSHA <sha1 of this text> <n> KEYS[1..n] ARGV[1..2+3n]
+--
+--   KEYS[i]      storage key of cell i, in plan order (core/src/key.rs). Every key of one call
+--                carries the same Redis Cluster hash tag "{...}", so the call is valid on a cluster.
+--   ARGV[1]      "now" in microseconds since the Unix epoch as a decimal integer (clock: client),
+--                or the empty string "" to read the Redis server clock with TIME (clock: server).
+--   ARGV[2]      cost: units this request consumes in every cell (decimal integer >= 1).
+--   ARGV[3i]     algorithm of cell i: "fixed_window" | "sliding_window" |
+--                "sliding_window_counter" | "token_bucket" | "gcra".
+--   ARGV[3i+1]   limit count L of cell i (decimal integer, 1 ..= 1000000).
+--   ARGV[3i+2]   window of cell i in whole seconds (decimal integer, 1 ..= 31622400).
+--
+-- REPLY (array of integers, 2 + 4n entries)
+--   [1]          1 if the request was admitted (and consumed in every cell), 0 if denied (nothing
+--                consumed anywhere: all-or-nothing, denied requests are never counted).
+--   [2]          the "now" used, in microseconds (ARGV[1] or the server's TIME).
+--   [4i-1]       cell i admits the request: 1 or 0.
+--   [4i]         cell i remaining units (after this request if admitted, now if denied).
+--   [4i+1]       cell i reset_at: when its quota is fully restored (microseconds since epoch).
+--   [4i+2]       cell i retry_at: earliest instant the same request would pass this cell
+--                (microseconds), or -1 if the cell admits it or never can (cost > L).
+--   Combine the cells exactly like ratewall_core::decision::Decision::combine.
+--   Errors (bad ARGV) are returned as Redis errors prefixed "ratewall:".
+--
+-- STATE (every key encodes algorithm and window, so no key is ever read by another algorithm)
+--   fixed_window            hash  w = window index floor(t / W), c = units consumed in it
+--   sliding_window          list  admission instants in microseconds, oldest first, one entry per
+--                                 unit of cost (duplicates are fine: no member uniqueness needed)
+--   sliding_window_counter  hash  w = window index, p = units in window w-1, c = units in window w
+--   token_bucket            hash  t = whole tokens, l = instant of last refill, r = carried
+--                                 fraction in 1/W token units (absent key = full bucket)
+--   gcra                    string: the theoretical arrival time in microseconds
+--
+-- TTL: every write sets PEXPIRE to the state's expiry (CellState::expires_at) minus now, rounded up
+-- to whole milliseconds; with clock: client 1000 ms are added to allow for clock skew between the
+-- instances that share the key. A key touched once therefore always expires.
+
+local floor = math.floor
+
+local function idiv(a, b)
+  return floor(a / b)
+end
+
+-- ceil(a / b) for integers a >= 0, b >= 1
+local function cdiv(a, b)
+  return floor((a + b - 1) / b)
+end
+
+-- a.saturating_sub(b)
+local function sat(a, b)
+  if a > b then
+    return a - b
+  end
+  return 0
+end
+
+local function num(v)
+  if v == false or v == nil then
+    return nil
+  end
+  return tonumber(v)
+end
+
+local A = {}
+
+-- fixed_window -----------------------------------------------------------------------------------
+A.fixed_window = {
+  load = function(key)
+    local v = redis.call('HMGET', key, 'w', 'c')
+    return { w = num(v[1]) or 0, c = num(v[2]) or 0 }
+  end,
+  peek = function(s, now, cost, l, w)
+    local i = idiv(now, w)
+    local used = 0
+    if s.w == i then
+      used = s.c
+    end
+    local e = (i + 1) * w
+    if used + cost <= l then
+      return 1, l - used - cost, e, -1
+    end
+    local retry = -1
+    if cost <= l then
+      retry = e
+    end
+    return 0, sat(l, used), e, retry
+  end,
+  commit = function(s, now, cost, l, w)
+    local i = idiv(now, w)
+    local used = 0
+    if s.w == i then
+      used = s.c
+    end
+    s.w = i
+    s.c = used + cost
+  end,
+  save = function(key, s, ttl)
+    redis.call('HSET', key, 'w', s.w, 'c', s.c)
+    redis.call('PEXPIRE', key, ttl)
+  end,
+  expires_at = function(s, l, w)
+    return (s.w + 1) * w
+  end,
+}
+
+-- gcra -------------------------------------------------------------------------------------------
+local function gcra_params(l, w)
+  local t = cdiv(w, l)
+  return t, t * l
+end
+
+A.gcra = {
+  load = function(key)
+    return { tat = num(redis.call('GET', key)) or 0 }
+  end,
+  peek = function(s, now, cost, l, w)
+    local t, tau = gcra_params(l, w)
+    local tat0 = math.max(s.tat, now)
+    if cost <= l then
+      local new_tat = tat0 + cost * t
+      if new_tat <= now + tau then
+        return 1, idiv(now + tau - new_tat, t), new_tat, -1
+      end
+      return 0, idiv(sat(now + tau, tat0), t), tat0, new_tat - tau
+    end
+    -- cost > L never fits (cost * T > tau): not computed, it could exceed 2^53.
+    return 0, idiv(sat(now + tau, tat0), t), tat0, -1
+  end,
+  commit = function(s, now, cost, l, w)
+    local t = gcra_params(l, w)
+    s.tat = math.max(s.tat, now) + cost * t
+  end,
+  save = function(key, s, ttl)
+    redis.call('SET', key, s.tat, 'PX', ttl)
+  end,
+  expires_at = function(s, l, w)
+    return s.tat
+  end,
+}
+
+-- sliding_window ---------------------------------------------------------------------------------
+local CHUNK = 128
+
+A.sliding_window = {
+  -- Drops expired entries from the front (an expired entry is indistinguishable from an absent
+  -- one, so this never changes a decision) and reads what peek needs.
+  load = function(key, now, w)
+    local start = 0
+    while true do
+      local chunk = redis.call('LRANGE', key, start, start + CHUNK - 1)
+      local k = 0
+      for j = 1, #chunk do
+        if tonumber(chunk[j]) + w <= now then
+          k = j
+        else
+          break
+        end
+      end
+      start = start + k
+      if k < CHUNK then
+        break
+      end
+    end
+    if start > 0 then
+      redis.call('LTRIM', key, start, -1)
+    end
+    local n = redis.call('LLEN', key)
+    local newest = nil
+    if n > 0 then
+      newest = tonumber(redis.call('LINDEX', key, -1))
+    end
+    return { key = key, n = n, newest = newest }
+  end,
+  peek = function(s, now, cost, l, w)
+    local n = s.n
+    if n + cost <= l then
+      local stamp = now
+      if s.newest ~= nil then
+        stamp = math.max(s.newest, now)
+      end
+      return 1, l - n - cost, stamp + w, -1
+    end
+    local retry = -1
+    if cost <= l then
+      local k = n + cost - l
+      local t = num(redis.call('LINDEX', s.key, k - 1))
+      if t ~= nil then
+        retry = t + w
+      end
+    end
+    local reset = now
+    if s.newest ~= nil then
+      reset = s.newest + w
+    end
+    return 0, sat(l, n), reset, retry
+  end,
+  commit = function(s, now, cost, l, w)
+    local stamp = now
+    if s.newest ~= nil then
+      stamp = math.max(s.newest, now)
+    end
+    s.stamp = stamp
+    s.push = cost
+    s.newest = stamp
+  end,
+  save = function(key, s, ttl)
+    local left = s.push
+    while left > 0 do
+      local m = math.min(left, 1000)
+      local args = {}
+      for j = 1, m do
+        args[j] = s.stamp
+      end
+      redis.call('RPUSH', key, unpack(args))
+      left = left - m
+    end
+    redis.call('PEXPIRE', key, ttl)
+  end,
+  expires_at = function(s, l, w)
+    return s.newest + w
+  end,
+}
+
+-- sliding_window_counter -------------------------------------------------------------------------
+local function swc_view(s, now, w)
+  local i = idiv(now, w)
+  local e = now - i * w
+  local p, k = 0, 0
+  if s.w == i then
+    p, k = s.p, s.c
+  elseif s.w + 1 == i then
+    p, k = s.c, 0
+  end
+  return i, p, k, e
+end
+
+local function swc_reset(i, p, k, w, now)
+  if k > 0 then
+    return (i + 2) * w
+  elseif p > 0 then
+    return (i + 1) * w
+  end
+  return now
+end
+
+A.sliding_window_counter = {
+  load = function(key)
+    local v = redis.call('HMGET', key, 'w', 'p', 'c')
+    return { w = num(v[1]) or 0, p = num(v[2]) or 0, c = num(v[3]) or 0 }
+  end,
+  peek = function(s, now, cost, l, w)
+    local i, p, k, e = swc_view(s, now, w)
+    local weighted_prev = p * (w - e)
+    local budget = l * w
+    if weighted_prev + (k + cost) * w <= budget then
+      return 1, idiv(budget - weighted_prev - (k + cost) * w, w), swc_reset(i, p, k + cost, w, now), -1
+    end
+    local remaining = idiv(sat(budget, weighted_prev + k * w), w)
+    local retry = -1
+    if cost > l then
+      retry = -1
+    elseif k + cost <= l then
+      local e1 = w - math.min(idiv((l - k - cost) * w, p), w)
+      retry = i * w + e1
+    else
+      local e2 = w - math.min(idiv((l - cost) * w, k), w)
+      retry = (i + 1) * w + e2
+    end
+    return 0, remaining, swc_reset(i, p, k, w, now), retry
+  end,
+  commit = function(s, now, cost, l, w)
+    local i, p, k = swc_view(s, now, w)
+    s.w, s.p, s.c = i, p, k + cost
+  end,
+  save = function(key, s, ttl)
+    redis.call('HSET', key, 'w', s.w, 'p', s.p, 'c', s.c)
+    redis.call('PEXPIRE', key, ttl)
+  end,
+  expires_at = function(s, l, w)
+    return (s.w + 2) * w
+  end,
+}
+
+-- token_bucket -----------------------------------------------------------------------------------
+local function tb_refill(s, now, l, w)
+  if not s.started then
+    return l, 0
+  end
+  local d = math.min(sat(now, s.l), w)
+  local acc = d * l + s.r
+  local q = idiv(acc, w)
+  local tokens = s.t + q
+  if tokens >= l then
+    return l, 0
+  end
+  return tokens, acc - q * w
+end
+
+local function tb_time_for(need, rem, l, w)
+  return cdiv(sat(need * w, rem), l)
+end
+
+A.token_bucket = {
+  load = function(key)
+    local v = redis.call('HMGET', key, 't', 'l', 'r')
+    local t = num(v[1])
+    if t == nil then
+      return { started = false, t = 0, l = 0, r = 0 }
+    end
+    return { started = true, t = t, l = num(v[2]) or 0, r = num(v[3]) or 0 }
+  end,
+  peek = function(s, now, cost, l, w)
+    local tokens, rem = tb_refill(s, now, l, w)
+    if tokens >= cost then
+      local left = tokens - cost
+      local rem_after = rem
+      if left >= l then
+        rem_after = 0
+      end
+      return 1, left, now + tb_time_for(l - left, rem_after, l, w), -1
+    end
+    local retry = -1
+    if cost <= l then
+      retry = now + tb_time_for(cost - tokens, rem, l, w)
+    end
+    return 0, tokens, now + tb_time_for(l - tokens, rem, l, w), retry
+  end,
+  commit = function(s, now, cost, l, w)
+    local tokens, rem = tb_refill(s, now, l, w)
+    s.t = tokens - math.min(cost, tokens)
+    s.l = math.max(now, s.l)
+    s.r = rem
+    s.started = true
+  end,
+  save = function(key, s, ttl)
+    redis.call('HSET', key, 't', s.t, 'l', s.l, 'r', s.r)
+    redis.call('PEXPIRE', key, ttl)
+  end,
+  expires_at = function(s, l, w)
+    return s.l + tb_time_for(l - math.min(s.t, l), s.r, l, w)
+  end,
+}
+
+-- the batch --------------------------------------------------------------------------------------
+local n = #KEYS
+if #ARGV ~= 2 + 3 * n then
+  return redis.error_reply('ratewall: expected ' .. (2 + 3 * n) .. ' ARGV for ' .. n .. ' keys, got ' .. #ARGV)
+end
+
+local now
+local skew_ms = 0
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+  skew_ms = 1000
+  if now == nil or now < 0 then
+    return redis.error_reply('ratewall: ARGV[1] (now) must be empty or a non-negative integer')
+  end
+end
+local cost = tonumber(ARGV[2])
+if cost == nil or cost < 1 then
+  return redis.error_reply('ratewall: ARGV[2] (cost) must be an integer >= 1')
+end
+
+local cells = {}
+local reply = { 0, now }
+local all = 1
+for i = 1, n do
+  local alg = A[ARGV[3 * i]]
+  local l = tonumber(ARGV[3 * i + 1])
+  local ws = tonumber(ARGV[3 * i + 2])
+  if alg == nil then
+    return redis.error_reply('ratewall: unknown algorithm ' .. tostring(ARGV[3 * i]))
+  end
+  if l == nil or l < 1 or ws == nil or ws < 1 then
+    return redis.error_reply('ratewall: bad limit or window for key ' .. KEYS[i])
+  end
+  local w = ws * 1000000
+  local s = alg.load(KEYS[i], now, w)
+  local ok, remaining, reset, retry = alg.peek(s, now, cost, l, w)
+  if ok == 0 then
+    all = 0
+  end
+  cells[i] = { alg = alg, s = s, l = l, w = w }
+  local b = #reply
+  reply[b + 1] = ok
+  reply[b + 2] = remaining
+  reply[b + 3] = reset
+  reply[b + 4] = retry
+end
+
+if all == 1 then
+  for i = 1, n do
+    local c = cells[i]
+    c.alg.commit(c.s, now, cost, c.l, c.w)
+    local ttl = cdiv(sat(c.alg.expires_at(c.s, c.l, c.w), now), 1000)
+    if ttl < 1 then
+      ttl = 1
+    end
+    c.alg.save(KEYS[i], c.s, ttl + skew_ms)
+  end
+end
+reply[1] = all
+return reply
