@@ -1,0 +1,2 @@
+//! Redis store benchmark (placeholder; the real harness follows).
+fn main() {}
