@@ -58,7 +58,8 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
         Outcome {
             allowed: false,
             remaining: l.saturating_sub(n),
-            reset_at: newest.map_or(now, |b| b + w),
+            // An expired log is a fresh one: reset is never in the past.
+            reset_at: newest.map_or(now, |b| (b + w).max(now)),
             retry_at,
         }
     }

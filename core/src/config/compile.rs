@@ -455,7 +455,10 @@ impl LimiterConfig {
             "clock",
             raw.clock.as_ref(),
             ClockSource::Server,
-            &[("server", ClockSource::Server), ("client", ClockSource::Client)],
+            &[
+                ("server", ClockSource::Server),
+                ("client", ClockSource::Client),
+            ],
         )?;
 
         let prefix = raw.redis_key_prefix.clone().unwrap_or_else(|| "rl".into());
@@ -505,7 +508,10 @@ impl LimiterConfig {
             if !valid_name(&l.name) {
                 return Err(err(
                     &format!("{path}.name"),
-                    format!("{:?} must be 1..=64 ASCII letters, digits, '_', '-' or '.'", l.name),
+                    format!(
+                        "{:?} must be 1..=64 ASCII letters, digits, '_', '-' or '.'",
+                        l.name
+                    ),
                 ));
             }
             if ["user", "user_per_server", "tenant"].contains(&l.name.as_str())
@@ -684,9 +690,9 @@ pub fn redact(url: &str) -> String {
     // A cluster seed list: redact every node (only when every part is a URL, so a password
     // containing ',' is never split and partly shown).
     if url.contains(',')
-        && url
-            .split(',')
-            .all(|p| p.trim_start().starts_with("redis://") || p.trim_start().starts_with("rediss://"))
+        && url.split(',').all(|p| {
+            p.trim_start().starts_with("redis://") || p.trim_start().starts_with("rediss://")
+        })
     {
         return url.split(',').map(redact).collect::<Vec<_>>().join(",");
     }
@@ -774,14 +780,38 @@ impl Policy {
         let (p, a) = (self.prefix.as_str(), self.algorithm);
         let mut cells = Vec::new();
         if let Some(r) = &self.by_user {
-            push_cells(&mut cells, r, DimensionKind::User, p, tenant, a, DimKey::User(user));
+            push_cells(
+                &mut cells,
+                r,
+                DimensionKind::User,
+                p,
+                tenant,
+                a,
+                DimKey::User(user),
+            );
         }
         if let (Some(r), Some(s)) = (&self.by_user_per_server, server) {
             let dk = DimKey::UserServer(user, s);
-            push_cells(&mut cells, r, DimensionKind::UserPerServer, p, tenant, a, dk);
+            push_cells(
+                &mut cells,
+                r,
+                DimensionKind::UserPerServer,
+                p,
+                tenant,
+                a,
+                dk,
+            );
         }
         if let (Some(r), Some(_)) = (&self.by_tenant, tenant) {
-            push_cells(&mut cells, r, DimensionKind::Tenant, p, tenant, a, DimKey::Tenant);
+            push_cells(
+                &mut cells,
+                r,
+                DimensionKind::Tenant,
+                p,
+                tenant,
+                a,
+                DimKey::Tenant,
+            );
         }
         if let Some(tool) = ctx.tool {
             if !self.by_tool.is_empty() {
@@ -805,7 +835,15 @@ impl Policy {
                 .collect();
             if let Some(values) = values {
                 let dk = DimKey::Descriptor(&l.name, &values);
-                push_cells(&mut cells, &l.rate, DimensionKind::Descriptor, p, tenant, a, dk);
+                push_cells(
+                    &mut cells,
+                    &l.rate,
+                    DimensionKind::Descriptor,
+                    p,
+                    tenant,
+                    a,
+                    dk,
+                );
             }
         }
         Ok(Plan { cells, cost })

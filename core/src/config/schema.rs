@@ -108,14 +108,11 @@ pub fn split_and_parse(
             let hint = suggest(&k, CORE_KEYS.iter().chain(extra_keys).copied())
                 .map(|s| format!("; did you mean {s:?}?"))
                 .unwrap_or_default();
-            return Err(ConfigError::new(
-                &k,
-                format!("unknown key {k:?}{hint}"),
-            ));
+            return Err(ConfigError::new(&k, format!("unknown key {k:?}{hint}")));
         }
     }
-    let raw: RawConfig =
-        serde_path_to_error::deserialize(serde_json::Value::Object(core)).map_err(|e| {
+    let raw: RawConfig = serde_path_to_error::deserialize(serde_json::Value::Object(core))
+        .map_err(|e| {
             let path = e.path().to_string();
             ConfigError::new(&path, e.into_inner().to_string())
         })?;

@@ -151,7 +151,12 @@ impl LogLimiter {
         if now >= next
             && self
                 .next_ms
-                .compare_exchange(next, now + Self::INTERVAL_MS, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next,
+                    now + Self::INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
         {
             Some(self.suppressed.swap(0, Ordering::Relaxed))
@@ -235,10 +240,7 @@ fn build_target(settings: &RedisSettings) -> Result<Target, StoreError> {
         if !settings.check_hostname {
             b = b.danger_accept_invalid_hostnames(true);
         }
-        return b
-            .build()
-            .map(|c| Target::Cluster(Box::new(c)))
-            .map_err(bad);
+        return b.build().map(|c| Target::Cluster(Box::new(c))).map_err(bad);
     }
     let client = match certs {
         Some(c) => redis::Client::build_with_tls(settings.url.as_str(), c).map_err(bad)?,
@@ -385,7 +387,10 @@ impl RedisStore {
                 inner.connecting.store(false, Ordering::SeqCst);
             }
             Ok(Err(e)) => {
-                inner.log_error("not reachable at startup (reconnecting in the background)", &e);
+                inner.log_error(
+                    "not reachable at startup (reconnecting in the background)",
+                    &e,
+                );
                 inner.connecting.store(false, Ordering::SeqCst);
                 inner.spawn_reconnect();
             }
@@ -430,13 +435,19 @@ impl RedisStore {
                 let now = self.inner.clock.now_micros();
                 match fail_mode {
                     FailMode::Open => {
-                        self.inner.counters.fail_open.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .counters
+                            .fail_open
+                            .fetch_add(1, Ordering::Relaxed);
                         self.inner
                             .log_error("check failed; allowing (fail_mode=open)", &e);
                         Decision::unlimited(now)
                     }
                     FailMode::Closed => {
-                        self.inner.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                        self.inner
+                            .counters
+                            .fail_closed
+                            .fetch_add(1, Ordering::Relaxed);
                         self.inner
                             .log_error("check failed; denying (fail_mode=closed)", &e);
                         Decision::backend_unavailable(now)

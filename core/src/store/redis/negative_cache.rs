@@ -227,9 +227,18 @@ mod tests {
         c.insert("k", 5, 2, denied(1_000), Domain::Client, 500, t);
         assert!(c.lookup("k", 5, 2, Domain::Client, 999).is_some());
         assert!(c.lookup("k", 5, 3, Domain::Client, 999).is_some());
-        assert!(c.lookup("k", 5, 1, Domain::Client, 999).is_none(), "smaller cost");
-        assert!(c.lookup("k", 6, 2, Domain::Client, 999).is_none(), "other limit");
-        assert!(c.lookup("k", 5, 2, Domain::Server, 999).is_none(), "other domain");
+        assert!(
+            c.lookup("k", 5, 1, Domain::Client, 999).is_none(),
+            "smaller cost"
+        );
+        assert!(
+            c.lookup("k", 6, 2, Domain::Client, 999).is_none(),
+            "other limit"
+        );
+        assert!(
+            c.lookup("k", 5, 2, Domain::Server, 999).is_none(),
+            "other domain"
+        );
         assert!(c.lookup("k", 5, 2, Domain::Client, 1_000).is_none());
         assert!(c.lookup("other", 5, 2, Domain::Client, 999).is_none());
     }

@@ -17,7 +17,8 @@ use crate::config::RedisSettings;
 use crate::store::StoreError;
 
 fn read(key: &str, path: &str) -> Result<Vec<u8>, StoreError> {
-    std::fs::read(path).map_err(|e| StoreError::permanent(format!("{key}: cannot read {path:?}: {e}")))
+    std::fs::read(path)
+        .map_err(|e| StoreError::permanent(format!("{key}: cannot read {path:?}: {e}")))
 }
 
 fn certs(key: &str, path: &str, pem: &[u8]) -> Result<usize, StoreError> {
@@ -33,7 +34,9 @@ fn certs(key: &str, path: &str, pem: &[u8]) -> Result<usize, StoreError> {
 }
 
 /// The TLS material of `settings`, validated; `None` for a plain `redis://` URL.
-pub(crate) fn certificates(settings: &RedisSettings) -> Result<Option<TlsCertificates>, StoreError> {
+pub(crate) fn certificates(
+    settings: &RedisSettings,
+) -> Result<Option<TlsCertificates>, StoreError> {
     let tls = settings
         .url
         .split(',')
