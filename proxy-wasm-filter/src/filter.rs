@@ -1,0 +1,398 @@
+//! The proxy-wasm glue: root context (configuration, slot creation, reclaim tick) and HTTP
+//! context (identity, MCP body, decision, replies, response headers).
+//!
+//! Host calls go through `proxy_wasm::hostcalls` where the SDK's convenience methods would
+//! `unwrap()` (header values that are not UTF-8, for instance, would trap in
+//! `get_http_request_header`).
+
+use std::rc::Rc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use log::{error, info, warn};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+use ratewall_core::clock::Micros;
+
+use crate::config::{FilterConfig, Mode};
+use crate::mcp::{parse_body, Body};
+use crate::remote::{parse_check_response, CheckRequest};
+use crate::response::Verdict;
+use crate::shared::{SetError, SharedData, SlotTable};
+use crate::{groups, plans, text, Identity};
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+/// Slots swept per tick per worker.
+const SWEEP_PER_TICK: u32 = 1024;
+
+/// proxy-wasm shared data.
+struct Host;
+
+impl SharedData for Host {
+    fn get(&self, key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), String> {
+        hostcalls::get_shared_data(key).map_err(|s| format!("get_shared_data: {s:?}"))
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError> {
+        match hostcalls::set_shared_data(key, Some(value), cas) {
+            Ok(()) => Ok(()),
+            Err(Status::CasMismatch) => Err(SetError::CasMismatch),
+            Err(s) => Err(SetError::Host(format!("set_shared_data: {s:?}"))),
+        }
+    }
+}
+
+/// The host's wall clock in µs (Envoy's time source).
+fn now_micros() -> Micros {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Root {
+    cfg: Option<Rc<FilterConfig>>,
+    table: Option<Rc<SlotTable>>,
+    cursor: u32,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let cfg = match FilterConfig::from_bytes(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                error!("ratewall: rejecting the plugin configuration: {e}");
+                return false;
+            }
+        };
+        for w in &cfg.warnings {
+            warn!("ratewall: {w}");
+        }
+        if let Mode::Local(local) = &cfg.mode {
+            let table = SlotTable::new(local.max_keys);
+            match table.create_slots(&Host) {
+                Ok(n) if n > 0 => info!(
+                    "ratewall: created {n} of {} shared-data slots",
+                    table.slots()
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    error!("ratewall: cannot create shared-data slots: {e}");
+                    return false;
+                }
+            }
+            self.cursor = 0;
+            self.table = Some(Rc::new(table));
+            let period = Duration::from_millis(local.reclaim_interval_ms);
+            if let Err(e) = hostcalls::set_tick_period(period) {
+                warn!("ratewall: cannot set the reclaim tick: {e:?}");
+            }
+        } else {
+            self.table = None;
+        }
+        self.cfg = Some(Rc::new(cfg));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(table) = &self.table {
+            let (stats, next) = table.sweep(&Host, self.cursor, SWEEP_PER_TICK, now_micros());
+            self.cursor = next;
+            if stats.reclaimed > 0 || stats.stale_locks > 0 {
+                info!(
+                    "ratewall: reclaimed {} expired cells, released {} stale locks",
+                    stats.reclaimed, stats.stale_locks
+                );
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            cfg: self.cfg.clone(),
+            table: self.table.clone(),
+            phase: Phase::Start,
+            identity: Identity::default(),
+            mcp: None,
+            pending: Vec::new(),
+            verdict: None,
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Before the request headers.
+    Start,
+    /// Buffering the body of a request that may be MCP.
+    Buffering,
+    /// Waiting for ratewall-server.
+    Waiting,
+    /// Admitted: headers go on the response.
+    Passed,
+    /// Denied: a local reply was sent.
+    Replied,
+}
+
+struct Http {
+    cfg: Option<Rc<FilterConfig>>,
+    table: Option<Rc<SlotTable>>,
+    phase: Phase,
+    identity: Identity,
+    mcp: Option<crate::mcp::McpRequest>,
+    /// Remote checks still to make: `(tool, cost)`.
+    pending: Vec<(Option<String>, u64)>,
+    /// The admitted verdict with the fewest units left so far (remote batches).
+    verdict: Option<Verdict>,
+}
+
+fn header(name: &str) -> Option<String> {
+    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+        .ok()
+        .flatten()
+        .map(text)
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+impl Http {
+    fn read_identity(&mut self, cfg: &FilterConfig) {
+        self.identity = Identity {
+            user: header(&cfg.user_header),
+            tenant: header(&cfg.tenant_header),
+            server: header(&cfg.server_header),
+            tool: cfg.tool_header.as_deref().and_then(header),
+            descriptors: cfg
+                .descriptor_headers
+                .iter()
+                .filter_map(|(name, h)| header(h).map(|v| (name.clone(), v)))
+                .collect(),
+        };
+    }
+
+    /// Decide the request described by `body`; returns the action for the current callback.
+    fn decide(&mut self, cfg: &FilterConfig, body: Body) -> Action {
+        let groups = groups(&body, &self.identity);
+        if let Body::Mcp(req) = body {
+            self.mcp = Some(req);
+        }
+        match (&cfg.mode, &self.table) {
+            (Mode::Local(_), Some(table)) => {
+                let plans = match plans(&cfg.limiter.policy, &self.identity, &groups) {
+                    Ok(p) => p,
+                    Err(e) => return self.apply(Verdict::invalid(e.to_string()), false),
+                };
+                let verdict = match table.check(&Host, &plans, &now_micros) {
+                    Ok((d, _)) => Verdict::from_decision(&d, cfg.headers()),
+                    Err(e) => {
+                        warn!("ratewall: shared data unavailable ({e}); fail_mode applies");
+                        Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers())
+                    }
+                };
+                self.apply(verdict, false)
+            }
+            (Mode::Remote(_), _) => {
+                self.pending = groups;
+                self.pending.reverse();
+                self.next_check(cfg)
+            }
+            (Mode::Local(_), None) => self.apply(Verdict::allow(), false),
+        }
+    }
+
+    /// Dispatch the next pending remote check (or apply the verdict when none is left).
+    fn next_check(&mut self, cfg: &FilterConfig) -> Action {
+        let resumed = self.phase == Phase::Waiting;
+        let Mode::Remote(remote) = &cfg.mode else {
+            return self.apply(Verdict::allow(), resumed);
+        };
+        let Some((tool, cost)) = self.pending.pop() else {
+            let verdict = self.verdict.take().unwrap_or_else(Verdict::allow);
+            return self.apply(verdict, resumed);
+        };
+        let body = CheckRequest {
+            user: self.identity.user.as_deref(),
+            tenant: self.identity.tenant.as_deref(),
+            tool: tool.as_deref(),
+            server: self.identity.server.as_deref(),
+            descriptors: &self.identity.descriptors,
+            cost,
+        }
+        .to_json();
+        let call = hostcalls::dispatch_http_call(
+            &remote.cluster,
+            vec![
+                (":method", "POST"),
+                (":path", remote.path.as_str()),
+                (":authority", remote.authority.as_str()),
+                ("content-type", "application/json"),
+            ],
+            Some(&body),
+            vec![],
+            Duration::from_millis(remote.timeout_ms),
+        );
+        match call {
+            Ok(_) => {
+                self.phase = Phase::Waiting;
+                Action::Pause
+            }
+            Err(e) => {
+                warn!(
+                    "ratewall: cannot call cluster {:?}: {e:?}; fail_mode applies",
+                    remote.cluster
+                );
+                let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
+                self.apply(v, resumed)
+            }
+        }
+    }
+
+    /// Act on a verdict. `resumed`: the request is paused waiting for us (after a callout).
+    fn apply(&mut self, verdict: Verdict, resumed: bool) -> Action {
+        if verdict.allowed {
+            self.phase = Phase::Passed;
+            self.verdict = Some(verdict);
+            if resumed {
+                let _ = hostcalls::resume_http_request();
+            }
+            return Action::Continue;
+        }
+        self.phase = Phase::Replied;
+        let body = verdict.body(self.mcp.as_ref());
+        let mut headers: Vec<(&str, &str)> = verdict
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .collect();
+        headers.push(("content-type", "application/json"));
+        if let Err(e) = hostcalls::send_http_response(verdict.status, headers, Some(&body)) {
+            warn!("ratewall: cannot send the local reply: {e:?}");
+        }
+        Action::Pause
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, body_size: usize, _t: usize) {
+        let Some(cfg) = self.cfg.clone() else { return };
+        if self.phase != Phase::Waiting {
+            return;
+        }
+        let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+            .ok()
+            .flatten()
+            .and_then(|b| text(b).parse::<u32>().ok());
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        match parse_check_response(status, &body) {
+            Ok(v) if v.allowed => {
+                // Keep the admitted verdict with the fewest units left (batches of several tools).
+                let keep_old = matches!(
+                    (&self.verdict, v.remaining),
+                    (Some(old), Some(r)) if old.remaining.is_some_and(|o| o <= r)
+                );
+                if !keep_old {
+                    self.verdict = Some(v);
+                }
+                self.next_check(&cfg);
+            }
+            Ok(v) => {
+                self.pending.clear();
+                self.apply(v, true);
+            }
+            Err(e) => {
+                warn!("ratewall: check service failed ({e}); fail_mode applies");
+                self.pending.clear();
+                let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
+                self.apply(v, true);
+            }
+        }
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, end_of_stream: bool) -> Action {
+        let Some(cfg) = self.cfg.clone() else {
+            return Action::Continue;
+        };
+        self.read_identity(&cfg);
+        let method = header(":method").unwrap_or_default();
+        let path = header(":path").unwrap_or_default();
+        if !end_of_stream && cfg.inspects_body(&method, &path) {
+            self.phase = Phase::Buffering;
+            return Action::Pause;
+        }
+        self.decide(&cfg, Body::Opaque)
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.phase {
+            Phase::Buffering => {}
+            Phase::Waiting => return Action::Pause,
+            _ => return Action::Continue,
+        }
+        let Some(cfg) = self.cfg.clone() else {
+            return Action::Continue;
+        };
+        if body_size > cfg.max_body_bytes {
+            // Oversized: decided now without a tool; the body streams on.
+            return self.decide(&cfg, Body::Opaque);
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.decide(&cfg, parse_body(&body))
+    }
+
+    fn on_http_request_trailers(&mut self, _n: usize) -> Action {
+        // A body that ended with trailers: decide with what was buffered.
+        if self.phase != Phase::Buffering {
+            return if self.phase == Phase::Waiting {
+                Action::Pause
+            } else {
+                Action::Continue
+            };
+        }
+        let Some(cfg) = self.cfg.clone() else {
+            return Action::Continue;
+        };
+        let body = hostcalls::get_buffer(BufferType::HttpRequestBody, 0, cfg.max_body_bytes)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.decide(&cfg, parse_body(&body))
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        if self.phase == Phase::Passed {
+            if let Some(v) = &self.verdict {
+                for (name, value) in &v.headers {
+                    let _ = hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value);
+                }
+            }
+        }
+        Action::Continue
+    }
+}
