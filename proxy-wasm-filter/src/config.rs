@@ -208,12 +208,14 @@ impl FilterConfig {
                     Some(p) if p.starts_with('/') && p.bytes().all(|b| b.is_ascii_graphic()) => {
                         p.to_string()
                     }
-                    Some(p) => return Err(cerr(
-                        "remote_path",
-                        format!(
+                    Some(p) => {
+                        return Err(cerr(
+                            "remote_path",
+                            format!(
                             "{p:?} must start with '/' and contain no spaces or control characters"
                         ),
-                    )),
+                        ))
+                    }
                 };
                 Mode::Remote(RemoteSettings {
                     cluster,

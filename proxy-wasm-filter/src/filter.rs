@@ -230,7 +230,9 @@ impl Http {
             user: self.identity.user.as_deref(),
             tenant: self.identity.tenant.as_deref(),
             tool: tool.as_deref(),
-            server: self.identity.server.as_deref(),
+            // by_user_per_server applies to tool calls only (as in local mode); the service
+            // applies it whenever a server id is given.
+            server: tool.as_ref().and(self.identity.server.as_deref()),
             descriptors: &self.identity.descriptors,
             cost,
         }

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Bounded wrk benchmark of Envoy on loopback, all variants in one run:
+
+  none        no filter (router only)
+  noop-wasm   the no-op proxy-wasm filter (same SDK and V8 runtime as ratewall)
+  ratewall-local   ratewall-filter, mode local (shared-data slots, one hot key, never denies)
+  ratewall-remote  ratewall-filter, mode remote (ratewall-server + redis-server), if built
+  native-local-rl  Envoy's envoy.filters.http.local_ratelimit (one bucket per x-user-id)
+
+Every request hits the /direct route (Envoy answers itself), so the figures are Envoy's own cost
+plus the filter's. Usage (from the repository root, after proxy-wasm-filter/build.sh):
+
+  .venv/bin/python proxy-wasm-filter/bench/envoy_bench.py [--duration 5] [--rounds 2] [--connections 16]
+
+Prints a Markdown table. Overhead of a filter = 1/rps(filter) - 1/rps(none) (CPU time per request
+at saturation); the ratio column divides by the no-op wasm filter's overhead.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
+import conftest as c  # noqa: E402
+
+LIMIT = "1000000/s"  # never reached: every request runs the whole allow path
+
+
+def wrk(port, duration, connections):
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-H", "x-user-id: bench", f"http://127.0.0.1:{port}/direct"],
+        capture_output=True, text=True, timeout=duration + 30,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    to_us = lambda m: float(m.group(1)) * {"us": 1, "ms": 1000, "s": 1e6}[m.group(2)]  # noqa: E731
+    return {"rps": rps, "p50": to_us(p50), "p99": to_us(p99), "non2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="ratewall-bench-"))
+    procs = []
+    variants = {
+        "none": [],
+        "noop-wasm": [c.wasm_filter("{}", wasm=c.NOOP_WASM, vm_id="noop", name="noop")],
+        "ratewall-local": [c.wasm_filter({"by_user": LIMIT})],
+        "native-local-rl": [c.native_local_ratelimit(1_000_000_000)],
+    }
+    extra = []
+    if c.SERVER_BIN.exists() and shutil.which("redis-server"):
+        rport, sport = c.free_port(), c.free_port()
+        procs.append(c.start_process(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], tmp / "redis.log"))
+        c.wait_port(rport)
+        (tmp / "server.yaml").write_text(f'by_user: "{LIMIT}"\nbackend: redis\nredis_url: redis://127.0.0.1:{rport}\nlisten: 127.0.0.1:{sport}\n')
+        procs.append(c.start_process([str(c.SERVER_BIN), "--config", str(tmp / "server.yaml")], tmp / "server.log", env=dict(os.environ, RUST_LOG="warn")))
+        c.wait_port(sport)
+        variants["ratewall-remote"] = [c.wasm_filter({"mode": "remote", "remote_cluster": "ratewall"})]
+        extra = [("ratewall", sport)]
+    results = {k: [] for k in variants}
+    try:
+        for _ in range(args.rounds):
+            for name, filters in variants.items():
+                e = c.Envoy(c.envoy_config(filters, 9, extra_clusters=extra), concurrency=args.concurrency, tmp=tmp)
+                try:
+                    wrk(e.port, 1, args.connections)  # warm-up
+                    results[name].append(wrk(e.port, args.duration, args.connections))
+                finally:
+                    e.stop()
+    finally:
+        for p in procs:
+            c.stop_process(p)
+    best = {k: max(v, key=lambda r: r["rps"]) for k, v in results.items()}
+    base = 1e6 / best["none"]["rps"]
+    noop_over = 1e6 / best["noop-wasm"]["rps"] - base
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, Envoy --concurrency {args.concurrency}, best of {args.rounds} rounds, /direct route\n")
+    print("| variant | req/s | p50 µs | p99 µs | non-2xx | µs/request | overhead µs | overhead / no-op wasm |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in best.items():
+        per = 1e6 / r["rps"]
+        over = per - base
+        ratio = "—" if name == "none" else f"{over / noop_over:.2f}x"
+        print(f"| {name} | {r['rps']:.0f} | {r['p50']:.0f} | {r['p99']:.0f} | {r['non2xx']} | {per:.1f} | {over:.1f} | {ratio} |")
+    print("\nall rounds (req/s):", {k: [round(r["rps"]) for r in v] for k, v in results.items()})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""ratewall-filter in a real Envoy 1.40, mode: remote, against a real ratewall-server on a real
+redis-server. "Slow" is the real server frozen with SIGSTOP; "down" is nothing listening."""
+
+import os
+import shutil
+import signal
+import time
+
+import pytest
+import requests
+
+from conftest import (
+    SERVER_BIN,
+    envoy_config,
+    free_port,
+    hammer,
+    mcp_call,
+    post_json,
+    start_process,
+    stop_process,
+    wait_port,
+    wasm_filter,
+)
+
+pytestmark = pytest.mark.skipif(
+    not SERVER_BIN.exists() or shutil.which("redis-server") is None,
+    reason="needs target/release/ratewall-server (cargo build --release --workspace --exclude ratewall-filter) and redis-server",
+)
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    p = start_process(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(d)],
+        d / "redis.log",
+    )
+    wait_port(port, proc=p)
+    yield f"redis://127.0.0.1:{port}"
+    stop_process(p)
+
+
+@pytest.fixture
+def check_service(tmp_path, redis):
+    """Start ratewall-server with a policy (YAML text); returns its port."""
+    procs = []
+
+    def start(policy):
+        port = free_port()
+        cfg = tmp_path / f"server-{port}.yaml"
+        cfg.write_text(policy + f"\nbackend: redis\nredis_url: {redis}\nredis_key_prefix: rw{port}\nlisten: 127.0.0.1:{port}\n")
+        p = start_process([str(SERVER_BIN), "--config", str(cfg)], tmp_path / f"server-{port}.log", env=dict(os.environ, RUST_LOG="warn"))
+        procs.append(p)
+        wait_port(port, proc=p)
+        return port, p
+
+    yield start
+    for p in procs:
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+        stop_process(p)
+
+
+def remote_filter(port_name="ratewall", **extra):
+    cfg = {"mode": "remote", "remote_cluster": port_name, "remote_timeout_ms": 300}
+    cfg.update(extra)
+    return wasm_filter(cfg)
+
+
+def test_two_envoys_share_one_limit(envoys, upstream, check_service):
+    port, _ = check_service('by_user: "300/h"\nalgorithm: gcra')
+    envs = [
+        envoys(envoy_config([remote_filter()], upstream, extra_clusters=[("ratewall", port)]), concurrency=2)
+        for _ in range(2)
+    ]
+    import threading
+
+    results = []
+
+    def run(e):
+        results.append(hammer(e.port, "/direct", 400, conns=4, headers={"x-user-id": "shared"}))
+
+    threads = [threading.Thread(target=run, args=(e,)) for e in envs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    allowed = sum(r[200] for r in results)
+    denied = sum(r[429] for r in results)
+    assert (allowed, denied) == (300, 500), results
+    assert all(r[200] > 0 for r in results), results  # both Envoys admitted some
+
+
+def test_remote_headers_and_denials(envoys, upstream, check_service):
+    port, _ = check_service('by_user: "2/m"\nby_tool:\n  echo: "1/m"')
+    e = envoys(envoy_config([remote_filter()], upstream, extra_clusters=[("ratewall", port)]))
+    h = {"x-user-id": "r-user"}
+    r = requests.get(e.url + "/api", headers=h)
+    assert r.status_code == 200 and r.json()["path"] == "/api"
+    assert r.headers["x-ratelimit-limit"] == "2" and r.headers["x-ratelimit-remaining"] == "1"
+    r = post_json(e.url + "/mcp", mcp_call("echo", 1), h)
+    assert r.status_code == 200
+    r = post_json(e.url + "/mcp", mcp_call("echo", "two"), h)
+    assert r.status_code == 429
+    assert r.json()["id"] == "two" and r.json()["error"]["code"] == -32000
+    assert int(r.headers["retry-after"]) >= 1
+    r = requests.get(e.url + "/api", headers=h)
+    assert r.status_code == 429 and r.json()["error"] == "rate_limited"
+    # a batch of 2 is one check with cost 2: over the user's limit for a fresh user -> denied
+    r = post_json(e.url + "/mcp", [mcp_call("add", 1), mcp_call("add", 2), mcp_call("add", 3)], {"x-user-id": "b"})
+    assert r.status_code == 429 and [x["id"] for x in r.json()] == [1, 2, 3]
+    r = post_json(e.url + "/mcp", [mcp_call("add", 1), mcp_call("add", 2)], {"x-user-id": "b"})
+    assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "0"
+
+
+@pytest.mark.parametrize("fail_mode", ["open", "closed"])
+def test_check_service_down_or_slow(envoys, upstream, check_service, fail_mode):
+    port, proc = check_service('by_user: "100/m"')
+    dead = free_port()  # nothing listens here
+    e = envoys(
+        envoy_config(
+            [remote_filter(fail_mode=fail_mode, remote_timeout_ms=200)],
+            upstream,
+            extra_clusters=[("ratewall", port)],
+        )
+    )
+    down = envoys(envoy_config([remote_filter(fail_mode=fail_mode)], upstream, extra_clusters=[("ratewall", dead)]))
+    h = {"x-user-id": "f"}
+    assert requests.get(e.url + "/direct", headers=h).status_code == 200
+    os.kill(proc.pid, signal.SIGSTOP)  # slow: accepts connections, never answers
+    try:
+        t0 = time.time()
+        r = requests.get(e.url + "/direct", headers=h, timeout=10)
+        elapsed = time.time() - t0
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert elapsed < 3, elapsed
+    for resp in (r, requests.get(down.url + "/direct", headers=h, timeout=10)):
+        if fail_mode == "open":
+            assert resp.status_code == 200
+            assert "x-ratelimit-limit" not in resp.headers
+        else:
+            assert resp.status_code == 503
+            assert resp.headers["retry-after"] == "1"
+            assert resp.json()["error"] == "rate_limiter_unavailable"
+    if fail_mode == "closed":
+        r = post_json(down.url + "/mcp", mcp_call("x", 42), h)
+        assert r.status_code == 503 and r.json()["id"] == 42
+    # the service answers again after SIGCONT
+    assert requests.get(e.url + "/direct", headers=h).status_code == 200
