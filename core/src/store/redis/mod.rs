@@ -109,7 +109,7 @@ impl Conn {
 }
 
 enum Target {
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     Cluster(Box<redis::cluster::ClusterClient>),
 }
 
@@ -254,7 +254,7 @@ fn build_target(settings: &RedisSettings) -> Result<Target, StoreError> {
     } else {
         client
     };
-    Ok(Target::Single(client))
+    Ok(Target::Single(Box::new(client)))
 }
 
 impl Inner {
