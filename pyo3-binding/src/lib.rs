@@ -1,0 +1,302 @@
+//! `ratewall._ratewall`: the Rust engine behind the gateway plugin `ratewall.gateway`.
+//!
+//! One call per hook: [`Engine::check`] (memory backend, GIL released while the core plans,
+//! decides and renders headers) or [`Engine::check_async`] (Redis backend: returns an asyncio
+//! future resolved on the event loop's own thread; see [`completer`]). Both answer with the compact
+//! tuple documented in [`convert`].
+//!
+//! Memory-backend counters are process-wide ([`registry`]): every engine whose limits are
+//! configured the same shares one store for the life of the process, so the gateway's per-context
+//! plugin instances and its 30 s rebuilds neither split nor reset a user's quota.
+
+mod compiled;
+mod completer;
+mod convert;
+mod redis_backend;
+mod registry;
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use ratewall_core::clock::{Clock, ManualClock as CoreManualClock};
+use ratewall_core::config::{
+    Backend, FailMode, HeaderFormat, LimiterConfig, Policy, RequestContext,
+};
+use ratewall_core::headers;
+use ratewall_core::store::memory::MemoryStore;
+use ratewall_core::store::Store;
+
+use crate::completer::{Completer, RedisBackend};
+use crate::convert::Answer;
+
+/// A test clock shared with an [`Engine`] (`Engine(config, clock=ManualClock(...))`).
+#[pyclass(frozen, module = "ratewall._ratewall")]
+pub struct ManualClock {
+    inner: Arc<CoreManualClock>,
+}
+
+#[pymethods]
+impl ManualClock {
+    #[new]
+    #[pyo3(signature = (micros = 1_700_000_000_000_000))]
+    fn new(micros: u64) -> PyResult<Self> {
+        let nanos = micros
+            .checked_mul(1_000)
+            .ok_or_else(|| PyValueError::new_err("micros out of range"))?;
+        Ok(Self {
+            inner: Arc::new(CoreManualClock::new(nanos)),
+        })
+    }
+
+    /// Microseconds since the epoch.
+    fn now_micros(&self) -> u64 {
+        self.inner.now_micros()
+    }
+
+    fn set_micros(&self, micros: u64) -> PyResult<()> {
+        let nanos = micros
+            .checked_mul(1_000)
+            .ok_or_else(|| PyValueError::new_err("micros out of range"))?;
+        self.inner.set_nanos(nanos);
+        Ok(())
+    }
+
+    fn advance_micros(&self, micros: u64) -> PyResult<()> {
+        let nanos = micros
+            .checked_mul(1_000)
+            .ok_or_else(|| PyValueError::new_err("micros out of range"))?;
+        self.inner.advance_nanos(nanos);
+        Ok(())
+    }
+}
+
+enum StoreKind {
+    Memory(Arc<MemoryStore>),
+    Redis(RedisBackend),
+}
+
+/// The compiled policy and its store. Immutable; safe to share between threads.
+#[pyclass(frozen, module = "ratewall._ratewall")]
+pub struct Engine {
+    policy: Policy,
+    headers: HeaderFormat,
+    fail_mode: FailMode,
+    store: StoreKind,
+    fingerprint: String,
+    closed: Mutex<bool>,
+}
+
+fn config_error(e: impl std::fmt::Display) -> PyErr {
+    PyValueError::new_err(e.to_string())
+}
+
+impl Engine {
+    fn answer_memory(&self, store: &MemoryStore, ctx: &RequestContext<'_>) -> Answer {
+        match self.policy.plan(ctx) {
+            Err(e) => Answer::Context(e),
+            Ok(plan) => match store.check(&plan) {
+                Ok(d) => {
+                    let h = headers::render(&d, self.headers);
+                    Answer::Decided(d, h)
+                }
+                Err(e) => Answer::Backend(e),
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl Engine {
+    /// Validate `config_json` (the plugin's `config:` block as JSON) and attach the store:
+    /// the process-wide memory store for these limits, a private one on `clock` (tests), or a
+    /// Redis connection (made lazily, on the first check or on [`Engine::connect`]).
+    #[new]
+    #[pyo3(signature = (config_json, clock = None))]
+    fn new(config_json: &str, clock: Option<&ManualClock>) -> PyResult<Self> {
+        let (cfg, _extra) = compiled::load(config_json).map_err(config_error)?;
+        let dims = compiled::dimensions(&cfg);
+        let fingerprint = compiled::fingerprint(&cfg, &dims);
+        let store = match cfg.backend {
+            Backend::Memory => StoreKind::Memory(match clock {
+                Some(c) => {
+                    let clk: Arc<dyn Clock> = c.inner.clone();
+                    Arc::new(MemoryStore::new(cfg.memory_max_keys, clk))
+                }
+                None => registry::memory_store(&fingerprint, cfg.memory_max_keys),
+            }),
+            Backend::Redis => StoreKind::Redis(RedisBackend::new(
+                &cfg,
+                clock.map(|c| c.inner.clone() as Arc<dyn Clock>),
+            )?),
+        };
+        let LimiterConfig {
+            policy,
+            headers,
+            fail_mode,
+            ..
+        } = cfg;
+        Ok(Self {
+            policy,
+            headers,
+            fail_mode,
+            store,
+            fingerprint,
+            closed: Mutex::new(false),
+        })
+    }
+
+    /// `"memory"` or `"redis"`.
+    #[getter]
+    fn backend(&self) -> &'static str {
+        match self.store {
+            StoreKind::Memory(_) => "memory",
+            StoreKind::Redis(_) => "redis",
+        }
+    }
+
+    /// The fingerprint of the limits (equal fingerprints share memory counters).
+    #[getter]
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Whether `by_user_per_server` is configured.
+    #[getter]
+    fn per_server(&self) -> bool {
+        self.policy.has_per_server()
+    }
+
+    /// Memory backend: check one request and consume its quota in every dimension or none.
+    /// Returns `(code, headers, extra)` (see the `convert` module doc). The GIL is released
+    /// while the core works.
+    #[pyo3(signature = (user, tenant, server, tool, per_server))]
+    fn check<'py>(
+        &self,
+        py: Python<'py>,
+        user: Option<&str>,
+        tenant: Option<&str>,
+        server: Option<&str>,
+        tool: Option<&str>,
+        per_server: bool,
+    ) -> PyResult<Bound<'py, PyTuple>> {
+        let StoreKind::Memory(store) = &self.store else {
+            return Err(PyRuntimeError::new_err(
+                "this engine uses the Redis backend: call check_async",
+            ));
+        };
+        let ctx = RequestContext {
+            user,
+            tenant,
+            server,
+            per_server,
+            tool,
+            descriptors: &[],
+            cost: 1,
+        };
+        let answer = py.detach(|| self.answer_memory(store, &ctx));
+        convert::to_python(py, &answer, self.fail_mode)
+    }
+
+    /// Redis backend: start one check and return an asyncio future (of the same tuple as
+    /// [`Engine::check`]) that `completer` resolves on its event loop. Never blocks the loop.
+    #[pyo3(signature = (completer, user, tenant, server, tool, per_server))]
+    #[allow(clippy::too_many_arguments)]
+    fn check_async<'py>(
+        &self,
+        py: Python<'py>,
+        completer: &Bound<'py, Completer>,
+        user: Option<&str>,
+        tenant: Option<&str>,
+        server: Option<&str>,
+        tool: Option<&str>,
+        per_server: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let ctx = RequestContext {
+            user,
+            tenant,
+            server,
+            per_server,
+            tool,
+            descriptors: &[],
+            cost: 1,
+        };
+        match &self.store {
+            StoreKind::Redis(r) => {
+                let plan = self.policy.plan(&ctx);
+                completer::submit(py, completer, r, plan, self.headers, self.fail_mode)
+            }
+            StoreKind::Memory(store) => {
+                // Allowed for symmetry: answer at once through a finished future.
+                let answer = py.detach(|| self.answer_memory(store, &ctx));
+                let t = convert::to_python(py, &answer, self.fail_mode)?;
+                completer::ready(py, completer, t.into_any())
+            }
+        }
+    }
+
+    /// Redis backend: connect now (instead of on the first check). Returns a future resolving to
+    /// `None` on success or the error message.
+    fn connect<'py>(
+        &self,
+        py: Python<'py>,
+        completer: &Bound<'py, Completer>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match &self.store {
+            StoreKind::Redis(r) => completer::connect(py, completer, r),
+            StoreKind::Memory(_) => completer::ready(py, completer, py.None().into_bound(py)),
+        }
+    }
+
+    /// Release connections (Redis). Memory counters are process-wide and are kept.
+    fn close(&self) {
+        let mut closed = self.closed.lock();
+        if !*closed {
+            *closed = true;
+            if let StoreKind::Redis(r) = &self.store {
+                r.close();
+            }
+        }
+    }
+
+    /// Memory backend: `(keys, reclaimed, evictions)` of the store; Redis: round trips so far.
+    fn stats(&self) -> (u64, u64, u64) {
+        match &self.store {
+            StoreKind::Memory(m) => {
+                let s = m.stats();
+                (s.keys, s.reclaimed, s.evictions)
+            }
+            StoreKind::Redis(r) => r.stats(),
+        }
+    }
+}
+
+/// Validate a plugin config (JSON text) and describe the compiled policy as JSON text: limits per
+/// dimension (as the core compiled them), key prefix, algorithm, header format, fail mode, backend,
+/// Redis settings, the plugin's own keys (`extra`) and the limits' fingerprint. Raises
+/// `ValueError` naming the key and value.
+#[pyfunction]
+fn compile_config(config_json: &str) -> PyResult<String> {
+    let (cfg, extra) = compiled::load(config_json).map_err(config_error)?;
+    Ok(compiled::describe(&cfg, &extra).to_string())
+}
+
+/// The Redis script of the core's Redis store (empty when built without Redis support).
+#[pyfunction]
+fn redis_script() -> &'static str {
+    completer::SCRIPT
+}
+
+#[pymodule]
+fn _ratewall(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Engine>()?;
+    m.add_class::<ManualClock>()?;
+    m.add_class::<Completer>()?;
+    m.add_function(wrap_pyfunction!(compile_config, m)?)?;
+    m.add_function(wrap_pyfunction!(redis_script, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("PLUGIN_KEYS", compiled::PLUGIN_KEYS.to_vec())?;
+    Ok(())
+}

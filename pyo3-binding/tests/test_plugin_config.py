@@ -1,0 +1,108 @@
+"""Configuration: the peer's keys keep their meaning, errors name key and value."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from ratewall._ratewall import compile_config
+from ratewall.gateway import load_config
+from rw_support import make_plugin
+
+# cpex-rate-limiter 0.1.12's keys, as the gateway's plugins/config.yaml sets them.
+PEER_CONFIG = {
+    "by_user": "30/m",
+    "by_user_per_server": "10/m",
+    "by_tenant": "3000/m",
+    "by_tool": {"search": "10/m", "Summarize": "5/s"},
+    "algorithm": "token_bucket",
+    "backend": "redis",
+    "redis_url": "redis://redis:6379/0",
+    "redis_key_prefix": "rl",
+    "fail_mode": "closed",
+}
+
+
+def test_peer_config_is_accepted_with_same_meaning():
+    c = json.loads(compile_config(json.dumps(PEER_CONFIG)))
+    assert c["algorithm"] == "token_bucket" and c["backend"] == "redis"
+    assert c["fail_mode"] == "closed" and c["prefix"] == "rl"
+    assert c["by_user"] == [[30, 60, "by_user"]]
+    assert c["by_user_per_server"] == [[10, 60, "by_user_per_server"]]
+    assert c["by_tenant"] == [[3000, 60, "by_tenant"]]
+    assert c["by_tool"] == {"search": [[10, 60, "tool:search"]], "summarize": [[5, 1, "tool:summarize"]]}
+    assert c["redis"]["url"] == "redis://redis:6379/0"
+
+
+def test_defaults_match_the_peer():
+    c = json.loads(compile_config("{}"))
+    assert (c["algorithm"], c["backend"], c["fail_mode"], c["prefix"]) == (
+        "fixed_window", "memory", "open", "rl")
+    assert c["by_user"] == [] and c["by_tool"] == {}
+
+
+@pytest.mark.parametrize(
+    "config, needles",
+    [
+        ({"by_user": "1/w"}, ["by_user", "1/w"]),
+        ({"by_user": 5}, ["by_user", "5"]),
+        ({"by_tool": {"echo": "0/s"}}, ['by_tool["echo"]', "0"]),
+        ({"algorithm": "leaky"}, ["algorithm", "leaky"]),
+        ({"backend": "reddis"}, ["backend", "reddis"]),
+        ({"fail_mode": "clsoed"}, ["fail_mode", "clsoed"]),
+        ({"backend": "redis"}, ["redis_url"]),
+        ({"by_usr": "1/s"}, ["by_usr", "by_user"]),
+        ({"by_tool": {"Echo": "1/s", "echo ": "2/s"}}, ["by_tool", "Echo", "echo "]),
+        ({"engine": "go"}, ["engine", "go"]),
+        ({"limits": [{"name": "k", "descriptors": ["a"], "rate": "1/s"}]}, ["limits"]),
+    ],
+)
+def test_errors_raise_at_construction_naming_key_and_value(config, needles):
+    with pytest.raises(ValueError) as e:
+        make_plugin(config)
+    for n in needles:
+        assert n in str(e.value), (n, str(e.value))
+
+
+def test_engine_env_override(monkeypatch):
+    monkeypatch.setenv("RATEWALL_ENGINE", "python")
+    assert make_plugin({"by_user": "1/s", "engine": "rust"}).engine_name == "python"
+    monkeypatch.setenv("RATEWALL_ENGINE", " Rust ")
+    assert make_plugin({"by_user": "1/s", "engine": "python"}).engine_name == "rust"
+    monkeypatch.setenv("RATEWALL_ENGINE", "java")
+    with pytest.raises(ValueError, match="RATEWALL_ENGINE='java'"):
+        make_plugin({"by_user": "1/s"})
+    monkeypatch.delenv("RATEWALL_ENGINE")
+    assert make_plugin({"by_user": "1/s"}).engine_name == "rust"
+    assert make_plugin({"by_user": "1/s", "engine": "python"}).engine_name == "python"
+
+
+def test_redis_fallback_is_accepted_and_warned(caplog):
+    with caplog.at_level(logging.WARNING):
+        _, c, _ = load_config({"by_user": "1/s", "redis_fallback": True})
+    assert "redis_fallback" in caplog.text
+    assert c["extra"] == {"redis_fallback": True}
+
+
+def test_empty_and_none_config():
+    for cfg in (None, {}):
+        p = make_plugin(cfg) if cfg is not None else make_plugin({})
+        assert p.backend == "memory"
+
+
+def test_manifest_and_entry_point():
+    from importlib import metadata, resources
+
+    import yaml
+
+    manifest = yaml.safe_load(resources.files("ratewall").joinpath("plugin-manifest.yaml").read_text())
+    assert manifest["kind"] == "ratewall.gateway.RateLimiterPlugin"
+    assert set(manifest["available_hooks"]) == {"tool_pre_invoke", "prompt_pre_fetch"}
+    assert set(manifest["default_configs"]) >= {"by_user", "by_tenant", "by_tool"}
+    eps = [e for e in metadata.entry_points(group="cpex.plugins") if e.value.startswith("ratewall")]
+    assert [e.value for e in eps] == ["ratewall.gateway:RateLimiterPlugin"]
+    from ratewall.gateway import RateLimiterPlugin
+
+    assert eps[0].load() is RateLimiterPlugin
