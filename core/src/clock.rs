@@ -40,9 +40,17 @@ impl<C: Clock + ?Sized> Clock for Arc<C> {
 ///
 /// `now = wall_at_creation + monotonic_elapsed`, so it advances at the rate of the monotonic clock
 /// and ignores later wall-clock steps.
+///
+/// With the `memory` feature (native builds) the monotonic source is `quanta` (calibrated TSC,
+/// a few ns per read, the clock `governor` uses); otherwise `std::time::Instant`.
 #[derive(Debug, Clone)]
 pub struct SystemClock {
     anchor_wall: Nanos,
+    #[cfg(feature = "memory")]
+    mono: quanta::Clock,
+    #[cfg(feature = "memory")]
+    anchor_mono: quanta::Instant,
+    #[cfg(not(feature = "memory"))]
     anchor_mono: std::time::Instant,
 }
 
@@ -53,6 +61,17 @@ impl SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as Nanos)
             .unwrap_or(0);
+        #[cfg(feature = "memory")]
+        {
+            let mono = quanta::Clock::new();
+            let anchor_mono = mono.now();
+            Self {
+                anchor_wall: wall,
+                mono,
+                anchor_mono,
+            }
+        }
+        #[cfg(not(feature = "memory"))]
         Self {
             anchor_wall: wall,
             anchor_mono: std::time::Instant::now(),
@@ -68,7 +87,11 @@ impl Default for SystemClock {
 
 impl Clock for SystemClock {
     fn now_nanos(&self) -> Nanos {
-        self.anchor_wall + self.anchor_mono.elapsed().as_nanos() as Nanos
+        #[cfg(feature = "memory")]
+        let elapsed = self.mono.now().saturating_duration_since(self.anchor_mono);
+        #[cfg(not(feature = "memory"))]
+        let elapsed = self.anchor_mono.elapsed();
+        self.anchor_wall + elapsed.as_nanos() as Nanos
     }
 }
 
