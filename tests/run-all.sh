@@ -12,6 +12,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v wrk >/dev/null || need_apt+=(wrk)
+command -v wasm-opt >/dev/null || need_apt+=(binaryen)
 if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
@@ -28,8 +29,8 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 step "build (release binaries + wasm filter)"
-cargo build --release --workspace --exclude ratewall-filter
-cargo build --release -p ratewall-filter --target wasm32-wasip1
+cargo build --release --workspace --exclude ratewall-filter --exclude ratewall-noop-filter
+bash proxy-wasm-filter/build.sh
 cargo build -p ratewall-core --target wasm32-wasip1 --no-default-features
 
 step "cargo test"
