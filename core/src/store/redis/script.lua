@@ -72,10 +72,12 @@ local function num(v)
   return tonumber(v)
 end
 
-local A = {}
+-- Algorithms are built on first use in a call (Redis runs the whole chunk on every call, so only
+-- the algorithms a request uses pay for their closures).
+local MAKE = {}
 
 -- fixed_window -----------------------------------------------------------------------------------
-A.fixed_window = {
+MAKE.fixed_window = function() return {
   load = function(key)
     local v = redis.call('HMGET', key, 'w', 'c')
     return { w = num(v[1]) or 0, c = num(v[2]) or 0 }
@@ -112,15 +114,16 @@ A.fixed_window = {
   expires_at = function(s, l, w)
     return (s.w + 1) * w
   end,
-}
+} end
 
 -- gcra -------------------------------------------------------------------------------------------
+MAKE.gcra = function()
 local function gcra_params(l, w)
   local t = cdiv(w, l)
   return t, t * l
 end
 
-A.gcra = {
+return {
   load = function(key)
     return { tat = num(redis.call('GET', key)) or 0 }
   end,
@@ -147,12 +150,13 @@ A.gcra = {
   expires_at = function(s, l, w)
     return s.tat
   end,
-}
+} end
 
 -- sliding_window ---------------------------------------------------------------------------------
+MAKE.sliding_window = function()
 local CHUNK = 128
 
-A.sliding_window = {
+return {
   -- Drops expired entries from the front (an expired entry is indistinguishable from an absent
   -- one, so this never changes a decision) and reads what peek needs.
   load = function(key, now, w)
@@ -230,9 +234,10 @@ A.sliding_window = {
   expires_at = function(s, l, w)
     return s.newest + w
   end,
-}
+} end
 
 -- sliding_window_counter -------------------------------------------------------------------------
+MAKE.sliding_window_counter = function()
 local function swc_view(s, now, w)
   local i = idiv(now, w)
   local e = now - i * w
@@ -254,7 +259,7 @@ local function swc_reset(i, p, k, w, now)
   return now
 end
 
-A.sliding_window_counter = {
+return {
   load = function(key)
     local v = redis.call('HMGET', key, 'w', 'p', 'c')
     return { w = num(v[1]) or 0, p = num(v[2]) or 0, c = num(v[3]) or 0 }
@@ -290,9 +295,10 @@ A.sliding_window_counter = {
   expires_at = function(s, l, w)
     return (s.w + 2) * w
   end,
-}
+} end
 
 -- token_bucket -----------------------------------------------------------------------------------
+MAKE.token_bucket = function()
 local function tb_refill(s, now, l, w)
   if not s.started then
     return l, 0
@@ -311,7 +317,7 @@ local function tb_time_for(need, rem, l, w)
   return cdiv(sat(need * w, rem), l)
 end
 
-A.token_bucket = {
+return {
   load = function(key)
     local v = redis.call('HMGET', key, 't', 'l', 'r')
     local t = num(v[1])
@@ -350,7 +356,7 @@ A.token_bucket = {
   expires_at = function(s, l, w)
     return s.l + tb_time_for(l - math.min(s.t, l), s.r, l, w)
   end,
-}
+} end
 
 -- the batch --------------------------------------------------------------------------------------
 local n = #KEYS
@@ -378,8 +384,14 @@ end
 local cells = {}
 local reply = { 0, now }
 local all = 1
+local built = {}
 for i = 1, n do
-  local alg = A[ARGV[3 * i]]
+  local name = ARGV[3 * i]
+  local alg = built[name]
+  if alg == nil and MAKE[name] ~= nil then
+    alg = MAKE[name]()
+    built[name] = alg
+  end
   local l = tonumber(ARGV[3 * i + 1])
   local ws = tonumber(ARGV[3 * i + 2])
   if alg == nil then
