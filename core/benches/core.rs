@@ -1,1 +1,186 @@
-fn main() {}
+//! Core benchmarks with `governor` as the baseline, measured in the same run.
+//!
+//! `cargo bench -p ratewall-core --bench core`
+//!
+//! * single-key check per algorithm vs governor's keyed `check_key`;
+//! * a 3-dimension atomic check vs three governor keyed checks;
+//! * 10k and 1M distinct keys;
+//! * 2 threads on one key and on distinct keys (throughput of 2 threads vs 1).
+//!
+//! Both sides use a 1,000,000/s quota and their own system clocks, so both take the same
+//! allow/deny paths.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ratewall_core::clock::SystemClock;
+use ratewall_core::config::{LimiterConfig, Plan, RequestContext};
+use ratewall_core::store::memory::MemoryStore;
+use ratewall_core::store::Store;
+use ratewall_core::Algorithm;
+
+const RATE: &str = "1000000/s";
+
+fn plan_for(cfg: &LimiterConfig, user: &str) -> Plan {
+    let ctx = RequestContext {
+        user: Some(user),
+        tenant: Some("acme"),
+        tool: Some("echo"),
+        ..Default::default()
+    };
+    cfg.policy.plan(&ctx).unwrap()
+}
+
+fn cfg(alg: Algorithm, dims: usize) -> LimiterConfig {
+    let yaml = match dims {
+        1 => format!("{{algorithm: {}, by_user: '{RATE}'}}", alg.name()),
+        _ => format!(
+            "{{algorithm: {}, by_user: '{RATE}', by_tenant: '{RATE}', by_tool: {{echo: '{RATE}'}}}}",
+            alg.name()
+        ),
+    };
+    LimiterConfig::from_yaml_str(&yaml, &[]).unwrap().0
+}
+
+fn store(max_keys: usize) -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new(max_keys, Arc::new(SystemClock::new())))
+}
+
+fn governor() -> Arc<DefaultKeyedRateLimiter<String>> {
+    Arc::new(RateLimiter::keyed(Quota::per_second(
+        NonZeroU32::new(1_000_000).unwrap(),
+    )))
+}
+
+fn single_key(c: &mut Criterion) {
+    let mut g = c.benchmark_group("single_key");
+    g.throughput(Throughput::Elements(1));
+    let gov = governor();
+    let key = "user:alice".to_string();
+    g.bench_function("governor_keyed", |b| {
+        b.iter(|| black_box(gov.check_key(black_box(&key)).is_ok()))
+    });
+    for alg in Algorithm::ALL {
+        let s = store(1_000_000);
+        let plan = plan_for(&cfg(alg, 1), "alice");
+        g.bench_function(BenchmarkId::new("ratewall", alg.name()), |b| {
+            b.iter(|| black_box(s.check(black_box(&plan)).unwrap().allowed))
+        });
+    }
+    g.finish();
+}
+
+fn three_dims(c: &mut Criterion) {
+    let mut g = c.benchmark_group("three_dimensions");
+    g.throughput(Throughput::Elements(1));
+    let gov = governor();
+    let keys = [
+        "user:alice".to_string(),
+        "tenant:acme".to_string(),
+        "tool:echo".to_string(),
+    ];
+    g.bench_function("governor_keyed_x3", |b| {
+        b.iter(|| {
+            for k in &keys {
+                black_box(gov.check_key(black_box(k)).is_ok());
+            }
+        })
+    });
+    for alg in [
+        Algorithm::Gcra,
+        Algorithm::FixedWindow,
+        Algorithm::TokenBucket,
+    ] {
+        let s = store(1_000_000);
+        let plan = plan_for(&cfg(alg, 3), "alice");
+        g.bench_function(BenchmarkId::new("ratewall", alg.name()), |b| {
+            b.iter(|| black_box(s.check(black_box(&plan)).unwrap().allowed))
+        });
+    }
+    g.finish();
+}
+
+fn many_keys(c: &mut Criterion) {
+    let mut g = c.benchmark_group("distinct_keys");
+    g.throughput(Throughput::Elements(1));
+    g.sample_size(20);
+    for n in [10_000usize, 1_000_000] {
+        let gov = governor();
+        let gkeys: Vec<String> = (0..n).map(|i| format!("user:{i}")).collect();
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("governor_keyed", n), |b| {
+            b.iter(|| {
+                i = (i + 1) % n;
+                black_box(gov.check_key(&gkeys[i]).is_ok())
+            })
+        });
+        drop(gkeys);
+        let s = store(2 * n);
+        let c1 = cfg(Algorithm::Gcra, 1);
+        let plans: Vec<Plan> = (0..n).map(|i| plan_for(&c1, &i.to_string())).collect();
+        let mut i = 0;
+        g.bench_function(BenchmarkId::new("ratewall_gcra", n), |b| {
+            b.iter(|| {
+                i = (i + 1) % n;
+                black_box(s.check(&plans[i]).unwrap().allowed)
+            })
+        });
+    }
+    g.finish();
+}
+
+/// Time `iters` checks split over `threads` threads (each with its own plan list).
+fn threaded(s: &Arc<MemoryStore>, plans: &[Arc<Vec<Plan>>], iters: u64) -> Duration {
+    let threads = plans.len() as u64;
+    let per = iters / threads;
+    let start = Instant::now();
+    std::thread::scope(|sc| {
+        for p in plans {
+            let (s, p) = (s.clone(), p.clone());
+            sc.spawn(move || {
+                for i in 0..per {
+                    black_box(s.check(&p[i as usize % p.len()]).unwrap().allowed);
+                }
+            });
+        }
+    });
+    start.elapsed()
+}
+
+fn threads(c: &mut Criterion) {
+    let mut g = c.benchmark_group("threads");
+    g.throughput(Throughput::Elements(1));
+    let c1 = cfg(Algorithm::Gcra, 1);
+    let distinct = |t: usize| -> Arc<Vec<Plan>> {
+        Arc::new(
+            (0..1024)
+                .map(|i| plan_for(&c1, &format!("t{t}-{i}")))
+                .collect(),
+        )
+    };
+    let one: Arc<Vec<Plan>> = Arc::new(vec![plan_for(&c1, "alice")]);
+    for (name, sets) in [
+        ("one_thread_distinct_keys", vec![distinct(0)]),
+        ("two_threads_distinct_keys", vec![distinct(0), distinct(1)]),
+        ("one_thread_one_key", vec![one.clone()]),
+        ("two_threads_one_key", vec![one.clone(), one.clone()]),
+    ] {
+        let s = store(1_000_000);
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| threaded(&s, &sets, iters.max(2)))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    targets = single_key, three_dims, many_keys, threads
+}
+criterion_main!(benches);

@@ -15,8 +15,8 @@ use smallvec::SmallVec;
 
 use crate::algorithm::Outcome;
 use crate::clock::Micros;
-use crate::config::rate::Limit;
 use crate::config::compile::PolicyName;
+use crate::config::rate::Limit;
 use crate::config::{DimensionKind, Plan};
 
 /// Why a request was denied.

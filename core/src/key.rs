@@ -141,7 +141,13 @@ mod tests {
     #[test]
     fn tenant_scopes_and_shares_hash_tag() {
         let a = cell_key("rl", Some("acme"), DimKey::User("u"), Algorithm::Gcra, 1);
-        let b = cell_key("rl", Some("acme"), DimKey::Tool("echo"), Algorithm::Gcra, 60);
+        let b = cell_key(
+            "rl",
+            Some("acme"),
+            DimKey::Tool("echo"),
+            Algorithm::Gcra,
+            60,
+        );
         let c = cell_key("rl", Some("other"), DimKey::User("u"), Algorithm::Gcra, 1);
         let tag = |k: &str| k[k.find('{').unwrap_or(0)..=k.find('}').unwrap_or(0)].to_string();
         assert_eq!(tag(&a), tag(&b));

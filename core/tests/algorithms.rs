@@ -16,9 +16,15 @@ enum Model {
     Log(Vec<(u64, u64)>),
     Counter(Vec<(u64, u64)>),
     /// Tokens scaled by W (so refill of `d` µs adds exactly `d * L`), capacity `L * W`.
-    Bucket { scaled: u128, last: u64 },
+    Bucket {
+        scaled: u128,
+        last: u64,
+    },
     /// GCRA == bucket earning 1 unit per µs, capacity `L * T`, a request costs `c * T`.
-    Gcra { units: u128, last: u64 },
+    Gcra {
+        units: u128,
+        last: u64,
+    },
 }
 
 impl Model {
@@ -44,7 +50,11 @@ impl Model {
         let lim = l.count();
         match self {
             Model::Fixed(h) => {
-                let used: u64 = h.iter().filter(|(t, _)| t / w == now / w).map(|x| x.1).sum();
+                let used: u64 = h
+                    .iter()
+                    .filter(|(t, _)| t / w == now / w)
+                    .map(|x| x.1)
+                    .sum();
                 let ok = used + c <= lim;
                 if ok {
                     h.push((now, c));
@@ -155,9 +165,16 @@ fn check_generic(state: &CellState, now: u64, cost: u64, limit: &Limit) {
     // remaining is exact: `remaining` more units fit now, one more does not.
     // `remaining` of an admitted request is what is left after it; of a denied one, what is left now.
     let o1 = state.peek(now, 1, limit);
-    let probe_rem = if o1.allowed { o1.remaining + 1 } else { o1.remaining };
+    let probe_rem = if o1.allowed {
+        o1.remaining + 1
+    } else {
+        o1.remaining
+    };
     if probe_rem > 0 {
-        assert!(state.peek(now, probe_rem, limit).allowed, "remaining {probe_rem} must fit");
+        assert!(
+            state.peek(now, probe_rem, limit).allowed,
+            "remaining {probe_rem} must fit"
+        );
     }
     assert!(
         !state.peek(now, probe_rem + 1, limit).allowed,
@@ -168,7 +185,10 @@ fn check_generic(state: &CellState, now: u64, cost: u64, limit: &Limit) {
             None => assert!(cost > limit.count()),
             Some(r) => {
                 assert!(r > now, "retry_at in the future");
-                assert!(!state.peek(r - 1, cost, limit).allowed, "retry_at - 1 µs must still deny");
+                assert!(
+                    !state.peek(r - 1, cost, limit).allowed,
+                    "retry_at - 1 µs must still deny"
+                );
                 assert!(state.peek(r, cost, limit).allowed, "retry_at must admit");
             }
         }
@@ -238,7 +258,11 @@ fn fixed_window_is_epoch_aligned() {
 #[test]
 fn sub_second_precision_two_per_second_across_a_boundary() {
     // The peer admitted 4 within 0.12 s across a second boundary (B-2); we admit 2.
-    for alg in [Algorithm::SlidingWindow, Algorithm::TokenBucket, Algorithm::Gcra] {
+    for alg in [
+        Algorithm::SlidingWindow,
+        Algorithm::TokenBucket,
+        Algorithm::Gcra,
+    ] {
         let l = Limit::new(2, 1).unwrap();
         let mut s = alg.fresh_state();
         let mut admitted = 0;
@@ -283,8 +307,16 @@ fn cost_above_limit_is_never_retryable() {
 #[test]
 fn huge_counts_and_windows_do_not_overflow() {
     for alg in Algorithm::ALL {
-        let w = if alg.needs_product_bound() { 86_400 } else { 366 * 86_400 };
-        let c = if alg.needs_product_bound() { 100_000 } else { 1_000_000 };
+        let w = if alg.needs_product_bound() {
+            86_400
+        } else {
+            366 * 86_400
+        };
+        let c = if alg.needs_product_bound() {
+            100_000
+        } else {
+            1_000_000
+        };
         let l = Limit::new(c, w).unwrap();
         let mut s = alg.fresh_state();
         let now = 4_000_000_000_000_000; // year 2096
@@ -318,7 +350,14 @@ fn clock_stepping_backwards_never_panics_or_over_admits() {
         let l = Limit::new(3, 1).unwrap();
         let mut s = alg.fresh_state();
         let mut admitted = 0;
-        for t in [T0 + 500_000, T0 + 100, T0 + 400_000, T0, T0 + 200_000, T0 + 1] {
+        for t in [
+            T0 + 500_000,
+            T0 + 100,
+            T0 + 400_000,
+            T0,
+            T0 + 200_000,
+            T0 + 1,
+        ] {
             if s.peek(t, 1, &l).allowed {
                 s.commit(t, 1, &l);
                 admitted += 1;

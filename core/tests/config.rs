@@ -123,7 +123,8 @@ fn enum_values_are_trimmed_and_case_insensitive() {
 
 #[test]
 fn packaging_keys_are_returned_not_interpreted() {
-    let (_, extra) = LimiterConfig::from_yaml_str("{by_user: 5/s, engine: python}", &["engine"]).unwrap();
+    let (_, extra) =
+        LimiterConfig::from_yaml_str("{by_user: 5/s, engine: python}", &["engine"]).unwrap();
     assert_eq!(extra["engine"], "python");
 }
 

@@ -65,8 +65,17 @@ fn ietf_allowed_and_denied() {
 
 #[test]
 fn retry_after_is_never_earlier_than_t_or_reset() {
-    for alg in ["fixed_window", "sliding_window", "sliding_window_counter", "token_bucket", "gcra"] {
-        let (d, _) = run(&format!("{{algorithm: {alg}, by_user: 3/s, by_tool: {{echo: 4/m}}}}"), 6);
+    for alg in [
+        "fixed_window",
+        "sliding_window",
+        "sliding_window_counter",
+        "token_bucket",
+        "gcra",
+    ] {
+        let (d, _) = run(
+            &format!("{{algorithm: {alg}, by_user: 3/s, by_tool: {{echo: 4/m}}}}"),
+            6,
+        );
         for dec in d.iter().filter(|d| !d.allowed) {
             let h = render(dec, HeaderFormat::Both);
             let ra: u64 = get(&h, "Retry-After").unwrap().parse().unwrap();
@@ -74,7 +83,10 @@ fn retry_after_is_never_earlier_than_t_or_reset() {
             let t: u64 = rl.rsplit("t=").next().unwrap().parse().unwrap();
             let reset: u64 = get(&h, "X-RateLimit-Reset").unwrap().parse().unwrap();
             assert!(ra >= 1 && ra >= t, "{alg}: {h:?}");
-            assert!(reset * 1_000_000 >= dec.retry_at.unwrap(), "{alg}: reset before retry");
+            assert!(
+                reset * 1_000_000 >= dec.retry_at.unwrap(),
+                "{alg}: reset before retry"
+            );
             assert_eq!(h.iter().filter(|(n, _)| *n == "Retry-After").count(), 1);
         }
     }
@@ -85,18 +97,26 @@ fn none_and_backend_unavailable() {
     let (d, _) = run("{by_user: 1/m}", 2);
     assert!(render(&d[1], HeaderFormat::None).is_empty());
     let down = Decision::backend_unavailable(T0 / 1_000);
-    assert_eq!(render(&down, HeaderFormat::Both), vec![("Retry-After", "1".to_string())]);
+    assert_eq!(
+        render(&down, HeaderFormat::Both),
+        vec![("Retry-After", "1".to_string())]
+    );
 }
 
 #[test]
 fn policy_names_are_safe_inside_structured_field_strings() {
     let (d, _) = run("{by_tool: {'e\"c\\\\ho': 5/s}}", 1);
     let _ = d;
-    let cfg = LimiterConfig::from_yaml_str("{by_tool: {'ü\"x': 5/s}}", &[]).unwrap().0;
+    let cfg = LimiterConfig::from_yaml_str("{by_tool: {'ü\"x': 5/s}}", &[])
+        .unwrap()
+        .0;
     let s = MemoryStore::new(10_000, Arc::new(ManualClock::new(T0)));
     let plan = cfg
         .policy
-        .plan(&RequestContext { tool: Some("Ü\"X"), ..Default::default() })
+        .plan(&RequestContext {
+            tool: Some("Ü\"X"),
+            ..Default::default()
+        })
         .unwrap();
     let h = render(&s.check(&plan).unwrap(), HeaderFormat::Ietf);
     assert_eq!(get(&h, "RateLimit-Policy"), Some("\"tool:__x\";q=5;w=1"));

@@ -40,8 +40,18 @@ fn tuple() -> impl Strategy<Value = Tuple> {
         ident().prop_map(Dim::Tool),
         (ident(), prop::collection::vec(ident(), 1..3)).prop_map(|(n, v)| Dim::Descriptor(n, v)),
     ];
-    (prop::option::of(ident()), dim, 0usize..5, prop_oneof![Just(1u64), Just(60), Just(600)])
-        .prop_map(|(tenant, dim, alg, window)| Tuple { tenant, dim, alg, window })
+    (
+        prop::option::of(ident()),
+        dim,
+        0usize..5,
+        prop_oneof![Just(1u64), Just(60), Just(600)],
+    )
+        .prop_map(|(tenant, dim, alg, window)| Tuple {
+            tenant,
+            dim,
+            alg,
+            window,
+        })
 }
 
 fn key(t: &Tuple) -> String {
@@ -56,7 +66,13 @@ fn key(t: &Tuple) -> String {
         Dim::Tool(x) => DimKey::Tool(x),
         Dim::Descriptor(n, _) => DimKey::Descriptor(n, &values),
     };
-    cell_key("rl", t.tenant.as_deref(), dk, Algorithm::ALL[t.alg], t.window)
+    cell_key(
+        "rl",
+        t.tenant.as_deref(),
+        dk,
+        Algorithm::ALL[t.alg],
+        t.window,
+    )
 }
 
 proptest! {
@@ -76,8 +92,20 @@ proptest! {
 #[test]
 fn delimiter_injection_does_not_alias_per_server_keys() {
     // B-14 of the peer: `alice:server:gw-9` aliased alice's per-server key for gw-9.
-    let global = cell_key("rl", None, DimKey::User("alice:server:gw-9"), Algorithm::FixedWindow, 60);
-    let per_server = cell_key("rl", None, DimKey::UserServer("alice", "gw-9"), Algorithm::FixedWindow, 60);
+    let global = cell_key(
+        "rl",
+        None,
+        DimKey::User("alice:server:gw-9"),
+        Algorithm::FixedWindow,
+        60,
+    );
+    let per_server = cell_key(
+        "rl",
+        None,
+        DimKey::UserServer("alice", "gw-9"),
+        Algorithm::FixedWindow,
+        60,
+    );
     assert_ne!(global, per_server);
     // Tenant-prefix ambiguity: tenant "a:user" + user "b" vs tenant "a" + user "user:b".
     let k1 = cell_key("rl", Some("a:user"), DimKey::User("b"), Algorithm::Gcra, 1);

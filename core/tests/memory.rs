@@ -75,7 +75,10 @@ fn three_dimensions_under_threads_are_exact_and_atomic() {
             let (s, admitted, cfg) = (s.clone(), admitted.clone(), cfg.clone());
             sc.spawn(move || {
                 let user = format!("u{t}");
-                let plan = cfg.policy.plan(&ctx(&user, Some("acme"), Some("echo"))).unwrap();
+                let plan = cfg
+                    .policy
+                    .plan(&ctx(&user, Some("acme"), Some("echo")))
+                    .unwrap();
                 for _ in 0..400 {
                     if s.check(&plan).unwrap().allowed {
                         admitted.fetch_add(1, Ordering::Relaxed);
@@ -84,12 +87,20 @@ fn three_dimensions_under_threads_are_exact_and_atomic() {
             });
         }
     });
-    assert_eq!(admitted.load(Ordering::Relaxed), 400, "the tool limit binds");
+    assert_eq!(
+        admitted.load(Ordering::Relaxed),
+        400,
+        "the tool limit binds"
+    );
     // The tenant budget holds exactly what was admitted: 100 left.
     let other = cfg.policy.plan(&ctx("zed", Some("acme"), None)).unwrap();
     let d = s.check(&other).unwrap();
     assert!(d.allowed);
-    let tenant = d.dimensions.iter().find(|r| r.name.as_ref() == "by_tenant").unwrap();
+    let tenant = d
+        .dimensions
+        .iter()
+        .find(|r| r.name.as_ref() == "by_tenant")
+        .unwrap();
     assert_eq!(tenant.outcome.remaining, 99);
 }
 
@@ -98,14 +109,27 @@ fn a_user_over_their_limit_does_not_drain_the_tenant_or_the_tool() {
     let cfg = config("{by_user: 2/s, by_tenant: 3/m, by_tool: {echo: 5/m}}");
     let clock = Arc::new(ManualClock::new(T0));
     let s = store(&clock);
-    let alice = cfg.policy.plan(&ctx("alice", Some("acme"), Some("echo"))).unwrap();
+    let alice = cfg
+        .policy
+        .plan(&ctx("alice", Some("acme"), Some("echo")))
+        .unwrap();
     let results: Vec<bool> = (0..4).map(|_| s.check(&alice).unwrap().allowed).collect();
     assert_eq!(results, [true, true, false, false]);
     // The peer consumed tenant 3/3 and tool 4/5 here (B-6); we consumed 2 of each.
-    let bob = cfg.policy.plan(&ctx("bob", Some("acme"), Some("echo"))).unwrap();
+    let bob = cfg
+        .policy
+        .plan(&ctx("bob", Some("acme"), Some("echo")))
+        .unwrap();
     let d = s.check(&bob).unwrap();
     assert!(d.allowed);
-    let rem = |name: &str| d.dimensions.iter().find(|r| r.name.as_ref() == name).unwrap().outcome.remaining;
+    let rem = |name: &str| {
+        d.dimensions
+            .iter()
+            .find(|r| r.name.as_ref() == name)
+            .unwrap()
+            .outcome
+            .remaining
+    };
     assert_eq!(rem("by_tenant"), 0);
     assert_eq!(rem("tool:echo"), 2);
     assert!(!s.check(&bob).unwrap().allowed, "tenant is now exhausted");
@@ -181,7 +205,10 @@ fn multi_limits_are_all_enforced() {
         }
         clock.advance_millis(1_000);
     }
-    assert_eq!(admitted, 5, "the minute limit binds after the first 2 seconds");
+    assert_eq!(
+        admitted, 5,
+        "the minute limit binds after the first 2 seconds"
+    );
 }
 
 #[test]
@@ -204,7 +231,11 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     let s = MemoryStore::new(2_048, clock.clone());
     for i in 0..5_000 {
         let u = format!("user-{i}");
-        assert!(s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap()).unwrap().allowed);
+        assert!(
+            s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
+                .unwrap()
+                .allowed
+        );
     }
     let st = s.stats();
     assert!(st.keys <= 2_048, "{st:?}");
@@ -215,7 +246,11 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     let before = s.stats();
     for i in 0..3_000 {
         let u = format!("other-{i}");
-        assert!(s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap()).unwrap().allowed);
+        assert!(
+            s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
+                .unwrap()
+                .allowed
+        );
     }
     let after = s.stats();
     assert!(after.reclaimed > before.reclaimed, "{after:?}");
@@ -229,15 +264,20 @@ fn expired_entries_are_reclaimed_incrementally_without_a_sweep() {
     let s = MemoryStore::new(1_000_000, clock.clone());
     for i in 0..1_000 {
         let u = format!("a-{i}");
-        s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap()).unwrap();
+        s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
+            .unwrap();
     }
     clock.advance_millis(1_500);
     for i in 0..1_000 {
         let u = format!("b-{i}");
-        s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap()).unwrap();
+        s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
+            .unwrap();
     }
     let st = s.stats();
-    assert!(st.reclaimed >= 800, "two entries examined per insertion: {st:?}");
+    assert!(
+        st.reclaimed >= 800,
+        "two entries examined per insertion: {st:?}"
+    );
     assert!(st.keys <= 1_200, "{st:?}");
     assert_eq!(st.evictions, 0);
 }
@@ -259,12 +299,21 @@ fn per_server_dimension_validates_server_ids_and_consumes_nothing_on_error() {
     let cfg = config("{by_user: 5/s, by_user_per_server: 2/s}");
     let mut c = ctx("alice", None, None);
     c.per_server = true;
-    assert_eq!(cfg.policy.plan(&c).unwrap_err(), ContextError::ServerIdMissing);
+    assert_eq!(
+        cfg.policy.plan(&c).unwrap_err(),
+        ContextError::ServerIdMissing
+    );
     c.server = Some("bad id");
-    assert_eq!(cfg.policy.plan(&c).unwrap_err(), ContextError::ServerIdInvalid);
+    assert_eq!(
+        cfg.policy.plan(&c).unwrap_err(),
+        ContextError::ServerIdInvalid
+    );
     let long = "x".repeat(129);
     c.server = Some(&long);
-    assert_eq!(cfg.policy.plan(&c).unwrap_err(), ContextError::ServerIdTooLong);
+    assert_eq!(
+        cfg.policy.plan(&c).unwrap_err(),
+        ContextError::ServerIdTooLong
+    );
     c.server = Some("gw-9");
     assert_eq!(cfg.policy.plan(&c).unwrap().cells.len(), 2);
     // Prompt fetches (per_server = false) never need it.

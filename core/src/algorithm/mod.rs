@@ -140,9 +140,7 @@ impl CellState {
         match self {
             CellState::FixedWindow(s) => fixed_window::peek(s, now, cost, limit),
             CellState::SlidingWindow(s) => sliding_window::peek(s, now, cost, limit),
-            CellState::SlidingWindowCounter(s) => {
-                sliding_window_counter::peek(s, now, cost, limit)
-            }
+            CellState::SlidingWindowCounter(s) => sliding_window_counter::peek(s, now, cost, limit),
             CellState::TokenBucket(s) => token_bucket::peek(s, now, cost, limit),
             CellState::Gcra(s) => gcra::peek(s, now, cost, limit),
         }

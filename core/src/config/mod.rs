@@ -13,8 +13,8 @@ pub mod rate;
 pub mod schema;
 
 pub use compile::{
-    Backend, Cell, ClockSource, ContextError, DimensionKind, FailMode, HeaderFormat, PolicyName,
-    LimiterConfig, Plan, Policy, RedisSettings, RequestContext,
+    Backend, Cell, ClockSource, ContextError, DimensionKind, FailMode, HeaderFormat, LimiterConfig,
+    Plan, Policy, PolicyName, RedisSettings, RequestContext,
 };
 
 use std::fmt;
@@ -43,7 +43,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid rate limiter config: {}: {}", self.path, self.message)
+        write!(
+            f,
+            "invalid rate limiter config: {}: {}",
+            self.path, self.message
+        )
     }
 }
 

@@ -154,14 +154,21 @@ fn parse_one(part: &str) -> Result<Limit, String> {
             .parse::<u64>()
             .ok()
             .filter(|m| *m > 0)
-            .ok_or_else(|| format!("invalid window multiplier {mult_str:?}: expected a whole number ≥ 1"))?
+            .ok_or_else(|| {
+                format!("invalid window multiplier {mult_str:?}: expected a whole number ≥ 1")
+            })?
     };
     let unit_secs = match unit {
         "s" | "sec" | "secs" | "second" | "seconds" => 1,
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
         "d" | "day" | "days" => 86_400,
-        "" => return Err(format!("missing unit in {:?}; expected s, m, h or d", part.trim())),
+        "" => {
+            return Err(format!(
+                "missing unit in {:?}; expected s, m, h or d",
+                part.trim()
+            ))
+        }
         other => {
             return Err(format!(
                 "unknown unit {other:?} in {:?}; expected s, m, h or d",

@@ -108,7 +108,11 @@ impl MemoryStore {
     /// Current counters.
     pub fn stats(&self) -> MemoryStats {
         MemoryStats {
-            keys: self.shards.iter().map(|s| s.0.lock().map.len() as u64).sum(),
+            keys: self
+                .shards
+                .iter()
+                .map(|s| s.0.lock().map.len() as u64)
+                .sum(),
             reclaimed: self.reclaimed.load(Ordering::Relaxed),
             evictions: self.evictions.load(Ordering::Relaxed),
         }
