@@ -1,0 +1,328 @@
+"""Per-call cost of ``await plugin.tool_pre_invoke(payload, context)``, in one run, same config:
+
+* ``floor``: a no-op plugin returning a fresh ``ToolPreInvokeResult()``;
+* ``rust``: ratewall, Rust engine;  ``python``: ratewall, pure-Python engine;
+* ``peer``: cpex-rate-limiter 0.1.12 from PyPI.
+
+Scenarios: 1 and 3 dimensions x the algorithms both implement x memory and Redis x sequential,
+64 concurrent tasks, 4 OS threads sharing one plugin (one event loop each). Reported: ops/s, p50,
+p99 (per call), in-process CPU per call (process_time, all threads), Redis round trips per call
+(INFO commandstats). Bounded: a fixed number of calls per cell.
+
+Run (a real redis-server is started on a free loopback port):
+
+    .venv/bin/python pyo3-binding/bench/bench_plugin.py --out docs/benchmarks/plugin.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from cpex.framework import (
+    GlobalContext,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    ToolPreInvokePayload,
+    ToolPreInvokeResult,
+)
+
+logging.disable(logging.CRITICAL)
+
+ALGORITHMS = ["fixed_window", "sliding_window", "token_bucket"]  # those the peer has
+PLUGINS = ["floor", "rust", "python", "peer"]
+
+
+class NoopPlugin(Plugin):
+    async def tool_pre_invoke(self, payload, context, extensions=None):
+        return ToolPreInvokeResult()
+
+
+def limits(dims: int) -> dict:
+    big = "1000000/h"
+    if dims == 1:
+        return {"by_user": big}
+    return {"by_user": big, "by_tenant": big, "by_tool": {"search": big}}
+
+
+def make(kind: str, dims: int, algorithm: str, backend: str, redis_url: str, tag: str):
+    cfg = dict(limits(dims), algorithm=algorithm)
+    if backend == "redis":
+        cfg.update(backend="redis", redis_url=redis_url, redis_key_prefix=f"b{tag}")
+        if kind in ("rust", "python"):
+            cfg["redis_timeout_ms"] = 5000
+    pc = lambda k, c: PluginConfig(name="rl", kind=k, hooks=["tool_pre_invoke"], config=c)  # noqa: E731
+    if kind == "floor":
+        return NoopPlugin(pc("bench.NoopPlugin", {}))
+    if kind == "peer":
+        from cpex_rate_limiter.rate_limiter import RateLimiterPlugin as Peer
+
+        return Peer(pc("cpex_rate_limiter.rate_limiter.RateLimiterPlugin", cfg))
+    from ratewall.gateway import RateLimiterPlugin
+
+    os.environ.pop("RATEWALL_ENGINE", None)
+    return RateLimiterPlugin(pc("ratewall.gateway.RateLimiterPlugin", dict(cfg, engine=kind)))
+
+
+PAYLOAD = ToolPreInvokePayload(name="search", args={"q": "x"})
+
+
+def context(i: int) -> PluginContext:
+    return PluginContext(global_context=GlobalContext(
+        request_id=f"r{i}", user=f"user{i % 50}@example.com", tenant_id=f"team-{i % 5}",
+        server_id="srv-1"))
+
+
+CTXS = [context(i) for i in range(50)]
+
+
+async def run_sequential(plugin, n: int, lat: list):
+    hook = plugin.tool_pre_invoke
+    pc = time.perf_counter_ns
+    for i in range(n):
+        c = CTXS[i % 50]
+        t = pc()
+        await hook(PAYLOAD, c)
+        lat.append(pc() - t)
+
+
+async def run_concurrent(plugin, n: int, lat: list, width: int = 64):
+    per = n // width
+    await asyncio.gather(*[run_sequential(plugin, per, lat) for _ in range(width)])
+
+
+def run_threads(plugin, n: int, lat: list, threads: int = 4):
+    per = n // threads
+    lats = [[] for _ in range(threads)]
+    errors = []
+
+    def work(k):
+        try:
+            asyncio.run(run_sequential(plugin, per, lats[k]))
+        except Exception as e:  # the peer's Redis client is bound to one loop
+            errors.append(repr(e))
+
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    for x in lats:
+        lat.extend(x)
+    if errors:
+        raise RuntimeError(errors[0])
+
+
+def round_trips(plugin, r, calls: int = 200) -> float:
+    """Commands the plugin sends per call, counted with MONITOR in a separate, untimed pass
+    (commands run inside a Lua script come from "lua" and are not round trips)."""
+    seen = {"n": 0}
+    ready = threading.Event()
+
+    def watch():
+        with r.monitor() as m:
+            ready.set()
+            for cmd in m.listen():
+                if "rw-bench-end" in cmd.get("command", ""):
+                    break
+                if cmd.get("client_type") != "lua" and "lua" not in str(cmd.get("client_address")):
+                    seen["n"] += 1
+
+    t = threading.Thread(target=watch)
+    t.start()
+    ready.wait(5)
+    time.sleep(0.05)
+    asyncio.run(run_sequential(plugin, calls, []))
+    r.echo("rw-bench-end")
+    t.join(10)
+    return seen["n"] / calls
+
+
+def measure(plugin, mode: str, n: int, rclient):
+    # warm-up (connect, script load, caches)
+    asyncio.run(run_sequential(plugin, 200, []))
+    lat: list[int] = []
+    gc.collect()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    if mode == "sequential":
+        asyncio.run(run_sequential(plugin, n, lat))
+    elif mode == "64 tasks":
+        asyncio.run(run_concurrent(plugin, n, lat))
+    else:
+        run_threads(plugin, n, lat)
+    wall = time.perf_counter() - wall0
+    cpu = time.process_time() - cpu0
+    rt = round_trips(plugin, rclient) if rclient is not None and mode == "sequential" else None
+    done = len(lat)
+    lat.sort()
+    return {
+        "ops": done / wall,
+        "p50": lat[done // 2] / 1000,
+        "p99": lat[min(done - 1, int(done * 0.99))] / 1000,
+        "cpu": cpu / done * 1e6,
+        "rt": rt,
+    }
+
+
+class Redis:
+    def __init__(self):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = tempfile.mkdtemp()
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        self.client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                self.client.ping()
+                break
+            except Exception:
+                time.sleep(0.02)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--memory-calls", type=int, default=20_000)
+    ap.add_argument("--redis-calls", type=int, default=3_200)
+    ap.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    algs = args.algorithms.split(",")
+    redis = Redis()
+    url = f"redis://127.0.0.1:{redis.port}/0"
+    rows = []
+    tag = 0
+    try:
+        for backend in ["memory", "redis"]:
+            n = args.memory_calls if backend == "memory" else args.redis_calls
+            for dims in [1, 3]:
+                for alg in algs:
+                    for mode in ["sequential", "64 tasks", "4 threads"]:
+                        for kind in PLUGINS:
+                            tag += 1
+                            if kind == "floor" and (dims, alg, backend) != (1, algs[0], "memory"):
+                                continue
+                            p = make(kind, dims, alg, backend, url, str(tag))
+                            try:
+                                if hasattr(p, "initialize"):
+                                    asyncio.run(p.initialize())
+                                m = measure(p, mode, n, redis.client if backend == "redis" else None)
+                            except Exception as e:
+                                m = {"error": repr(e)[:80]}
+                            finally:
+                                try:
+                                    asyncio.run(p.shutdown())
+                                except Exception:
+                                    pass
+                            row = dict(kind=kind, backend=backend, dims=dims, alg=alg, mode=mode, **m)
+                            rows.append(row)
+                            print(fmt_row(row), flush=True)
+    finally:
+        redis.stop()
+    report = render(rows, args)
+    print(report)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(report)
+
+
+def fmt_row(r) -> str:
+    head = f"| {r['kind']} | {r['backend']} | {r['dims']} | {r['alg']} | {r['mode']} |"
+    if "error" in r:
+        return head + f" error: {r['error']} | | | | |"
+    return head + f" {r['ops']:,.0f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['cpu']:.1f} | {'' if r['rt'] is None else format(r['rt'], '.2f')} |"
+
+
+def find(rows, **kw):
+    for r in rows:
+        if all(r.get(k) == v for k, v in kw.items()) and "error" not in r:
+            return r
+    return None
+
+
+def render(rows, args) -> str:
+    floor = find(rows, kind="floor", mode="sequential")
+    out = [
+        "# Gateway plugin benchmark",
+        "",
+        "Per-call cost of `await plugin.tool_pre_invoke(payload, context)`; one run, same config "
+        "for every plugin; limits high enough that nothing is denied; 50 users x 5 tenants.",
+        "",
+        f"Command: `.venv/bin/python pyo3-binding/bench/bench_plugin.py --memory-calls {args.memory_calls} "
+        f"--redis-calls {args.redis_calls} --out docs/benchmarks/plugin.md`",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+        f"redis-server on loopback. `floor` = no-op plugin returning a fresh result; `rust` / `python` = "
+        "ratewall engines; `peer` = cpex-rate-limiter 0.1.12. CPU = in-process CPU per call (all "
+        "threads); RT = Redis commands per call.",
+        "",
+        "## Goals (ratios from this run)",
+        "",
+    ]
+    goals = []
+    if floor:
+        for alg in sorted({r["alg"] for r in rows}):
+            rw = find(rows, kind="rust", backend="memory", dims=3, alg=alg, mode="sequential")
+            pe = find(rows, kind="peer", backend="memory", dims=3, alg=alg, mode="sequential")
+            if rw and pe:
+                ratio = (rw["p50"] - floor["p50"]) / max(pe["p50"] - floor["p50"], 1e-9)
+                goals.append(f"- memory, 3 dims, {alg}: (ratewall - floor) / (peer - floor) p50 = "
+                             f"({rw['p50']:.2f} - {floor['p50']:.2f}) / ({pe['p50']:.2f} - {floor['p50']:.2f}) "
+                             f"= **{ratio:.2f}** (goal <= 0.33)")
+    for alg in sorted({r["alg"] for r in rows}):
+        for dims in (1, 3):
+            s = find(rows, kind="rust", backend="memory", dims=dims, alg=alg, mode="sequential")
+            t = find(rows, kind="rust", backend="memory", dims=dims, alg=alg, mode="4 threads")
+            if s and t:
+                goals.append(f"- memory, {dims} dims, {alg}, 4 threads: throughput {t['ops']:,.0f} vs "
+                             f"single-thread {s['ops']:,.0f} ops/s = **{t['ops'] / s['ops']:.2f}x** (goal >= 1); "
+                             f"p99 **{t['p99']:.1f} us** (goal <= 100)")
+    for alg in sorted({r["alg"] for r in rows}):
+        for dims in (1, 3):
+            rs = find(rows, kind="rust", backend="redis", dims=dims, alg=alg, mode="sequential")
+            ps = find(rows, kind="peer", backend="redis", dims=dims, alg=alg, mode="sequential")
+            py = find(rows, kind="python", backend="redis", dims=dims, alg=alg, mode="sequential")
+            rc = find(rows, kind="rust", backend="redis", dims=dims, alg=alg, mode="64 tasks")
+            pc = find(rows, kind="peer", backend="redis", dims=dims, alg=alg, mode="64 tasks")
+            if rs and ps:
+                goals.append(f"- Redis, {dims} dims, {alg}: client CPU/call {rs['cpu']:.0f} vs peer "
+                             f"{ps['cpu']:.0f} us = **{rs['cpu'] / ps['cpu']:.2f}** (goal <= 0.25)")
+            if rc and pc:
+                goals.append(f"- Redis, {dims} dims, {alg}: 64 in flight {rc['ops']:,.0f} vs peer "
+                             f"{pc['ops']:,.0f} ops/s = **{rc['ops'] / pc['ops']:.1f}x** (goal >= 3)")
+            if rs and py:
+                goals.append(f"- Redis, {dims} dims, {alg}: sequential p50 rust {rs['p50']:.0f} us vs "
+                             f"python engine {py['p50']:.0f} us (goal: rust <= python)")
+    out += goals
+    out += ["", "## All cells", "",
+            "| plugin | backend | dims | algorithm | mode | ops/s | p50 us | p99 us | CPU us/call | RT/call |",
+            "|---|---|---|---|---|---:|---:|---:|---:|---:|"]
+    out += [fmt_row(r) for r in rows]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
