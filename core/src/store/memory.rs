@@ -15,7 +15,7 @@
 //!   eviction of a live entry forgets its usage (the price of the bound, counted in
 //!   [`MemoryStats::evictions`]).
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -120,9 +120,7 @@ impl MemoryStore {
 
     /// The key's hash (the one the shard maps use) and its shard.
     fn locate(&self, key: &str) -> (u64, usize) {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        let hash = h.finish();
+        let hash = self.hasher.hash_one(key);
         (hash, ((hash >> 32) as usize) & (SHARDS - 1))
     }
 
