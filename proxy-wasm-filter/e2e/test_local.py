@@ -186,7 +186,7 @@ def test_hostile_headers_never_trap(envoys, upstream):
 def test_bounded_key_space_and_reclaim(envoys, upstream):
     """Many users with a 1 s window in a 64-cell table: evictions keep it bounded, the tick
     reclaims expired cells, and decisions stay right for a live user."""
-    cfg = {"by_user": "2/s", "local_max_keys": 64, "reclaim_interval_ms": 200}
+    cfg = {"by_user": "2/s", "algorithm": "gcra", "local_max_keys": 64, "reclaim_interval_ms": 200}
     e = envoys(envoy_config([wasm_filter(cfg)], upstream))
     for i in range(300):
         requests.get(e.url + "/direct", headers={"x-user-id": f"user-{i}"})
