@@ -38,6 +38,21 @@ struct Row {
     p50: Duration,
     p99: Duration,
     round_trips: f64,
+    redis_us_per_request: f64,
+}
+
+/// Total `usec` Redis spent in EVALSHA + EVAL (INFO commandstats).
+fn script_usec(server: &support::RedisServer) -> u64 {
+    let info: String = server.query(redis::cmd("INFO").arg("commandstats"));
+    ["cmdstat_evalsha:", "cmdstat_eval:"]
+        .iter()
+        .filter_map(|p| info.lines().find_map(|l| l.strip_prefix(p)))
+        .filter_map(|rest| {
+            rest.split(',')
+                .find_map(|kv| kv.strip_prefix("usec="))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
 }
 
 fn plans(dims: usize, users: usize, rate: &str) -> Vec<Plan> {
@@ -72,7 +87,7 @@ async fn one(
     plan: &Plan,
 ) -> bool {
     match imp {
-        Impl::Ratewall => store.check(plan).await.unwrap().allowed,
+        Impl::Ratewall => store.check(plan).await.map(|d| d.allowed).unwrap_or(false),
         Impl::PerDimension => {
             let mut ok = true;
             for c in &plan.cells {
@@ -113,6 +128,7 @@ async fn measure(
 ) -> Row {
     let scripts = || server.command_calls("evalsha") + server.command_calls("eval");
     let before = scripts();
+    let usec_before = script_usec(server);
     let plans = Arc::new(plans);
     let start = Instant::now();
     let until = start + Duration::from_secs_f64(secs);
@@ -139,6 +155,7 @@ async fn measure(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let trips = scripts() - before;
+    let usec = script_usec(server) - usec_before;
     lat.sort_unstable();
     Row {
         name,
@@ -146,6 +163,7 @@ async fn measure(
         p50: percentile(&lat, 0.5),
         p99: percentile(&lat, 0.99),
         round_trips: trips as f64 / lat.len().max(1) as f64,
+        redis_us_per_request: usec as f64 / lat.len().max(1) as f64,
     }
 }
 
@@ -165,7 +183,7 @@ fn main() {
         .unwrap();
     let server = support::RedisServer::start();
     rt.block_on(async {
-        let mut settings = support::settings(&server.url(), 1_000);
+        let mut settings = support::settings(&server.url(), 5_000);
         settings.clock = ClockSource::Server;
         settings.negative_cache_keys = 100_000;
         let store = RedisStore::connect(&settings).await.unwrap();
@@ -217,16 +235,17 @@ fn main() {
         .await;
         rows.push(row);
 
-        println!("| scenario | checks/s | p50 µs | p99 µs | Redis round trips / request |");
-        println!("|---|---:|---:|---:|---:|");
+        println!("| scenario | checks/s | p50 µs | p99 µs | Redis round trips / request | Redis CPU µs / request |");
+        println!("|---|---:|---:|---:|---:|---:|");
         for r in &rows {
             println!(
-                "| {} | {:.0} | {} | {} | {:.4} |",
+                "| {} | {:.0} | {} | {} | {:.4} | {:.1} |",
                 r.name,
                 r.checks_per_sec,
                 us(r.p50),
                 us(r.p99),
-                r.round_trips
+                r.round_trips,
+                r.redis_us_per_request
             );
         }
         println!();
