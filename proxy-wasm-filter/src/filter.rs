@@ -162,28 +162,33 @@ struct Http {
     verdict: Option<Verdict>,
 }
 
-fn header(name: &str) -> Option<String> {
-    hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-        .ok()
-        .flatten()
-        .map(text)
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-}
-
 impl Http {
-    fn read_identity(&mut self, cfg: &FilterConfig) {
+    /// Read the identity, method and path from one fetch of the request headers (one host call
+    /// instead of one per header: every value the host returns costs a call back into the
+    /// guest's allocator).
+    fn read_identity(&mut self, cfg: &FilterConfig) -> (String, String) {
+        let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
+        let find = |name: &str| -> Option<String> {
+            all.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| text(v.clone()).trim().to_string())
+                .filter(|s| !s.is_empty())
+        };
         self.identity = Identity {
-            user: header(&cfg.user_header),
-            tenant: header(&cfg.tenant_header),
-            server: header(&cfg.server_header),
-            tool: cfg.tool_header.as_deref().and_then(header),
+            user: find(&cfg.user_header),
+            tenant: find(&cfg.tenant_header),
+            server: find(&cfg.server_header),
+            tool: cfg.tool_header.as_deref().and_then(find),
             descriptors: cfg
                 .descriptor_headers
                 .iter()
-                .filter_map(|(name, h)| header(h).map(|v| (name.clone(), v)))
+                .filter_map(|(name, h)| find(h).map(|v| (name.clone(), v)))
                 .collect(),
         };
+        (
+            find(":method").unwrap_or_default(),
+            find(":path").unwrap_or_default(),
+        )
     }
 
     /// Decide the request described by `body`; returns the action for the current callback.
@@ -335,9 +340,7 @@ impl HttpContext for Http {
         let Some(cfg) = self.cfg.clone() else {
             return Action::Continue;
         };
-        self.read_identity(&cfg);
-        let method = header(":method").unwrap_or_default();
-        let path = header(":path").unwrap_or_default();
+        let (method, path) = self.read_identity(&cfg);
         if !end_of_stream && cfg.inspects_body(&method, &path) {
             self.phase = Phase::Buffering;
             return Action::Pause;
