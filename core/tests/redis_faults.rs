@@ -14,6 +14,9 @@ use ratewall_core::decision::DenyReason;
 use ratewall_core::store::redis::RedisStore;
 
 const TIMEOUT_MS: u64 = 100;
+
+/// The fault tests measure call durations: run them one at a time, not in parallel.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// 2x the timeout plus scheduling slack on a loaded 2-core machine.
 const BOUND: Duration = Duration::from_millis(250);
 
@@ -113,6 +116,7 @@ async fn recovered_within(store: &RedisStore, limit: Duration) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_under_load() {
+    let _serial = SERIAL.lock().await;
     let mut server = support::RedisServer::start();
     let store = RedisStore::connect(&support::settings(&server.url(), TIMEOUT_MS))
         .await
@@ -141,6 +145,7 @@ async fn killed_and_restarted_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paused_with_sigstop_under_load() {
+    let _serial = SERIAL.lock().await;
     let server = support::RedisServer::start();
     let store = RedisStore::connect(&support::settings(&server.url(), TIMEOUT_MS))
         .await
@@ -165,6 +170,7 @@ async fn paused_with_sigstop_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fail_open_allows_while_redis_is_down() {
+    let _serial = SERIAL.lock().await;
     let mut server = support::RedisServer::start();
     let store = RedisStore::connect(&support::settings(&server.url(), TIMEOUT_MS))
         .await

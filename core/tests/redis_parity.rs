@@ -1,7 +1,7 @@
 //! Parity: the same seeded random scenarios (client clock) give identical decisions and headers on
 //! the memory store and on a real Redis, for every algorithm, 1 and 3 dimensions, `;` multi-limits
 //! and cost > 1; on a single node and on a 3-master cluster.
-#![cfg(feature = "redis")]
+#![cfg(all(feature = "redis", feature = "memory"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

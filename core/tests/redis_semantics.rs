@@ -163,7 +163,8 @@ async fn server_clock_has_sub_second_precision_across_a_second_boundary() {
                 admitted += 1;
             }
         }
-        assert_eq!(admitted, 2, "{alg:?}");
+        // Never 3 or 4 (whole-second timestamps); 2 unless the machine stalled for 200 ms.
+        assert!((1..=2).contains(&admitted), "{alg:?}: {admitted}");
     }
 }
 
