@@ -178,8 +178,8 @@ struct Inner {
     generation: AtomicU64,
     connecting: AtomicBool,
     ever_connected: AtomicBool,
-    /// ms since `epoch` of the last reply on the current connection.
-    last_reply_ms: AtomicU64,
+    /// ms since `epoch` (+1, 0 = none) of the first timeout since the last reply.
+    first_timeout_ms: AtomicU64,
     epoch: Instant,
     runtime: tokio::runtime::Handle,
     clock: SystemClock,
@@ -206,7 +206,7 @@ impl std::fmt::Debug for RedisStore {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(10);
 const BACKOFF_MAX: Duration = Duration::from_millis(200);
-/// Timeouts with no reply for this long (at least) drop the connection.
+/// Timeouts with no reply in between for this long (at least) drop the connection.
 const STALL_MIN: Duration = Duration::from_secs(1);
 
 fn is_noscript(e: &RedisError) -> bool {
@@ -280,12 +280,16 @@ impl Inner {
     fn install(&self, conn: Conn) {
         let g = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some((g, conn));
-        self.last_reply_ms
-            .store(self.ms_since_epoch(), Ordering::Relaxed);
+        self.replied();
         if self.ever_connected.swap(true, Ordering::SeqCst) {
             self.counters.reconnects.fetch_add(1, Ordering::Relaxed);
             tracing::info!(url = %self.url_redacted, "ratewall: reconnected to Redis");
         }
+    }
+
+    /// A reply arrived: the connection is alive.
+    fn replied(&self) {
+        self.first_timeout_ms.store(0, Ordering::Relaxed);
     }
 
     fn current(&self) -> Option<(u64, Conn)> {
@@ -355,7 +359,8 @@ impl RedisStore {
     ///
     /// Redis being down is **not** an error: the store is returned anyway, every call fails fast
     /// with a transient [`StoreError`] (so `fail_mode` applies) and a background task reconnects
-    /// with backoff. Must be called inside a tokio runtime (the reconnect task runs on it).
+    /// with backoff. Must be called inside a tokio runtime, the one that will drive the store:
+    /// the reconnect task is spawned on it.
     pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, StoreError> {
         tls::install_crypto_provider();
         let target = build_target(settings)?;
@@ -372,7 +377,7 @@ impl RedisStore {
             generation: AtomicU64::new(0),
             connecting: AtomicBool::new(true),
             ever_connected: AtomicBool::new(false),
-            last_reply_ms: AtomicU64::new(0),
+            first_timeout_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             runtime,
             clock: SystemClock::new(),
@@ -465,9 +470,7 @@ impl RedisStore {
         };
         match tokio::time::timeout(self.inner.timeout, conn.query(&redis::cmd("PING"))).await {
             Ok(Ok(_)) => {
-                self.inner
-                    .last_reply_ms
-                    .store(self.inner.ms_since_epoch(), Ordering::Relaxed);
+                self.inner.replied();
                 Ok(())
             }
             Ok(Err(e)) => Err(self.classify(generation, e)),
@@ -547,12 +550,21 @@ impl RedisStore {
 
     fn timed_out(&self, generation: u64) -> StoreError {
         self.inner.counters.timeouts.fetch_add(1, Ordering::Relaxed);
-        let last = self.inner.last_reply_ms.load(Ordering::Relaxed);
+        let now = self.inner.ms_since_epoch() + 1;
+        let first = match self.inner.first_timeout_ms.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(first) => first,
+        };
         let stall = STALL_MIN.max(self.inner.timeout * 10);
-        if self.inner.ms_since_epoch().saturating_sub(last)
-            > u64::try_from(stall.as_millis()).unwrap_or(u64::MAX)
-        {
-            // No reply for a long time: the connection may be half-open. Start afresh.
+        if now.saturating_sub(first) > u64::try_from(stall.as_millis()).unwrap_or(u64::MAX) {
+            // Only timeouts, no reply, for a long time: the connection may be half-open (or the
+            // server paused). Start afresh.
+            self.inner.first_timeout_ms.store(0, Ordering::Relaxed);
             self.inner.invalidate(generation);
         }
         StoreError::transient(format!(
@@ -627,9 +639,7 @@ impl RedisStore {
             Ok(Err(e)) => return Err(self.fail(self.classify(generation, e))),
             Err(_) => return Err(self.fail(self.timed_out(generation))),
         };
-        self.inner
-            .last_reply_ms
-            .store(self.inner.ms_since_epoch(), Ordering::Relaxed);
+        self.inner.replied();
         let (decided_now, outcomes) = parse_reply(&value, plan.cells.len())
             .map_err(|m| self.fail(StoreError::permanent(m)))?;
         let decision = Decision::combine(plan, decided_now, outcomes.iter().copied());
