@@ -575,7 +575,8 @@ impl RedisStore {
 
     fn negative_hit(&self, plan: &Plan, now: Option<Micros>) -> Option<Decision> {
         let neg = &self.inner.negative;
-        if !neg.enabled() {
+        // A cell the cost can never pass makes the answer CostExceedsLimit: ask Redis.
+        if !neg.enabled() || plan.cells.iter().any(|c| plan.cost > c.limit.count()) {
             return None;
         }
         let domain = if now.is_some() {
