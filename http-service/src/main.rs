@@ -1,1 +1,104 @@
-fn main() {}
+//! `ratewall-server`: see `docs/SERVICE.md`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use ratewall_server::settings::{parse_listen, DEFAULT_LISTEN};
+use ratewall_server::state::{AppState, ConfigSource};
+
+/// The ratewall check service.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// YAML config file (core keys + service keys). Without it: the built-in default policy.
+    #[arg(long, env = "RATEWALL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Listen address (overrides `listen` in the file).
+    #[arg(long, env = "RATEWALL_LISTEN")]
+    listen: Option<String>,
+    /// Validate the configuration, print the effective config, and exit.
+    #[arg(long)]
+    check_config: bool,
+    /// Log format: text or json (env RATEWALL_LOG_FORMAT; level from RUST_LOG, default info).
+    #[arg(long, env = "RATEWALL_LOG_FORMAT", default_value = "text")]
+    log_format: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if cli.log_format == "json" {
+        fmt.json().init()
+    } else {
+        fmt.init()
+    }
+
+    let source = ConfigSource {
+        path: cli.config.clone(),
+        redis_url: std::env::var("RATEWALL_REDIS_URL")
+            .ok()
+            .filter(|s| !s.is_empty()),
+    };
+    let origin = source
+        .path
+        .as_ref()
+        .map_or("built-in default policy".to_string(), |p| {
+            p.display().to_string()
+        });
+    let loaded = match source.load() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("ratewall-server: configuration error ({origin}): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listen_text = cli
+        .listen
+        .clone()
+        .or_else(|| loaded.service.listen.map(|a| a.to_string()));
+    let listen = match parse_listen(listen_text.as_deref().unwrap_or(DEFAULT_LISTEN)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("ratewall-server: configuration error: listen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("# ratewall-server effective configuration ({origin}); listening on {listen}");
+    print!("{}", loaded.effective_yaml());
+    if cli.check_config {
+        return ExitCode::SUCCESS;
+    }
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ratewall-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        let state = AppState::new(loaded, source).await?;
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        ratewall_server::serve(state, listener)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ratewall-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The HTTP endpoints: `POST /check`, proxy mode (`/authz`), health, readiness and metrics.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use ratewall_core::config::RequestContext;
+use ratewall_core::decision::{ceil_secs, Decision};
+use ratewall_core::headers::{self, Headers};
+use ratewall_core::DenyReason;
+use serde::{Deserialize, Serialize};
+
+use crate::metrics::Endpoint;
+use crate::settings::Source;
+use crate::state::{AppState, Runtime};
+
+/// Largest accepted `/check` body.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The router. Tests drive it directly; `main` serves it.
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/check", post(check))
+        .route("/authz", any(authz))
+        .route("/authz/", any(authz))
+        .route("/authz/{*rest}", any(authz))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// The `POST /check` body (see `docs/SERVICE.md`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckRequest {
+    user: Option<String>,
+    tenant: Option<String>,
+    tool: Option<String>,
+    server: Option<String>,
+    descriptors: Option<HashMap<String, String>>,
+    cost: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DimensionOut<'a> {
+    dimension: &'static str,
+    name: &'a str,
+    limit: u64,
+    window: u64,
+    allowed: bool,
+    remaining: u64,
+}
+
+#[derive(Serialize)]
+struct CheckResponse<'a> {
+    allowed: bool,
+    reason: Option<&'static str>,
+    limit: Option<u64>,
+    remaining: Option<u64>,
+    reset: Option<u64>,
+    retry_after: Option<u64>,
+    headers: &'a Headers,
+    dimensions: Vec<DimensionOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut r = Response::new(Body::from(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// A JSON error naming the problem (and the field, when there is one).
+pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    let body = serde_json::to_vec(&ErrorBody {
+        error: message,
+        field,
+    })
+    .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
+    json_response(status, body)
+}
+
+fn header_name(name: &'static str) -> HeaderName {
+    match name {
+        "X-RateLimit-Limit" => HeaderName::from_static("x-ratelimit-limit"),
+        "X-RateLimit-Remaining" => HeaderName::from_static("x-ratelimit-remaining"),
+        "X-RateLimit-Reset" => HeaderName::from_static("x-ratelimit-reset"),
+        "RateLimit-Policy" => HeaderName::from_static("ratelimit-policy"),
+        "RateLimit" => HeaderName::from_static("ratelimit"),
+        "Retry-After" => header::RETRY_AFTER,
+        other => HeaderName::from_bytes(other.as_bytes())
+            .unwrap_or_else(|_| HeaderName::from_static("x-ratewall-invalid-header")),
+    }
+}
+
+/// The response for a decision: status, JSON body, and the core's headers.
+fn decision_response(rt: &Runtime, d: &Decision) -> Response {
+    let rendered = headers::render(d, rt.loaded.limiter.headers);
+    let rep = d.reported();
+    let body = CheckResponse {
+        allowed: d.allowed,
+        reason: d.reason.map(DenyReason::as_str),
+        limit: rep.map(|r| r.limit.count()),
+        remaining: d.remaining(),
+        reset: rep.and(d.reset_at()).map(ceil_secs),
+        retry_after: if d.allowed { None } else { d.retry_after_secs },
+        headers: &rendered,
+        dimensions: d
+            .dimensions
+            .iter()
+            .map(|r| DimensionOut {
+                dimension: r.dimension.as_str(),
+                name: &r.name,
+                limit: r.limit.count(),
+                window: r.limit.window_secs(),
+                allowed: r.outcome.allowed,
+                remaining: r.outcome.remaining,
+            })
+            .collect(),
+    };
+    let status = match (d.allowed, d.reason) {
+        (true, _) => StatusCode::OK,
+        (false, Some(DenyReason::BackendUnavailable)) => StatusCode::SERVICE_UNAVAILABLE,
+        (false, _) => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = json_response(status, bytes);
+    let h = resp.headers_mut();
+    for (name, value) in &rendered {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.append(header_name(name), v);
+        }
+    }
+    if status == StatusCode::SERVICE_UNAVAILABLE && !h.contains_key(header::RETRY_AFTER) {
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    resp
+}
+
+/// Plan and decide; a context the policy cannot evaluate is a 400 naming the field.
+async fn decide(
+    state: &AppState,
+    rt: &Runtime,
+    ctx: &RequestContext<'_>,
+    endpoint: Endpoint,
+    field_of: impl Fn(&'static str) -> String,
+) -> Response {
+    let start = Instant::now();
+    let plan = match rt.loaded.limiter.policy.plan(ctx) {
+        Ok(p) => p,
+        Err(e) => {
+            state.metrics.bad_request(endpoint);
+            let field = field_of(e.field());
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("{field}: {e}"),
+                Some(&field),
+            );
+        }
+    };
+    let d = state.decide(rt, &plan).await;
+    state.metrics.observe(endpoint, start.elapsed());
+    decision_response(rt, &d)
+}
+
+async fn read_body(state: &AppState, rt: &Runtime, body: Body) -> Result<Bytes, Response> {
+    let mut fut = pin!(axum::body::to_bytes(body, MAX_BODY_BYTES));
+    // Usually the body has already arrived: only arm a timer when it has not.
+    let first = std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await;
+    let res = match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            let t = rt.loaded.service.request_timeout;
+            match tokio::time::timeout(t, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    state.metrics.timeout();
+                    return Err(error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!(
+                            "request body not received within request_timeout_ms ({} ms)",
+                            t.as_millis()
+                        ),
+                        None,
+                    ));
+                }
+            }
+        }
+    };
+    res.map_err(|e| {
+        state.metrics.bad_request(Endpoint::Check);
+        let too_big = {
+            let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            let mut found = false;
+            while let Some(s) = src {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    found = true;
+                }
+                src = s.source();
+            }
+            found
+        };
+        if too_big {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("request body exceeds {MAX_BODY_BYTES} bytes (64 KiB)"),
+                None,
+            )
+        } else {
+            error(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read request body: {e}"),
+                None,
+            )
+        }
+    })
+}
+
+async fn check(State(state): State<Arc<AppState>>, body: Body) -> Response {
+    let rt = state.runtime();
+    let bytes = match read_body(&state, &rt, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let bad = |msg: String, field: Option<&str>| {
+        state.metrics.bad_request(Endpoint::Check);
+        error(StatusCode::BAD_REQUEST, &msg, field)
+    };
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return bad(
+            "empty request body: send a JSON object such as {\"user\": \"alice\"}".into(),
+            None,
+        );
+    }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return bad(
+            "invalid request body: expected a JSON object such as {\"user\": \"alice\"}".into(),
+            None,
+        );
+    }
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let req: CheckRequest = match serde_path_to_error::deserialize(&mut de) {
+        Ok(r) => r,
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let field = (path != "." && !path.contains('?')).then_some(path);
+            let msg = match &field {
+                Some(f) => format!("invalid request body: {f}: {inner}"),
+                None => format!("invalid request body: {inner}"),
+            };
+            return bad(msg, field.as_deref());
+        }
+    };
+    if let Err(e) = de.end() {
+        return bad(format!("invalid request body: {e}"), None);
+    }
+    if req.cost == Some(0) {
+        return bad("cost: must be an integer ≥ 1".into(), Some("cost"));
+    }
+    let descriptors: Vec<(&str, &str)> = req
+        .descriptors
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let ctx = RequestContext {
+        user: req.user.as_deref(),
+        tenant: req.tenant.as_deref(),
+        server: req.server.as_deref(),
+        per_server: req.server.is_some(),
+        tool: req.tool.as_deref(),
+        descriptors: &descriptors,
+        cost: req.cost.unwrap_or(1),
+    };
+    decide(&state, &rt, &ctx, Endpoint::Check, |f| match f {
+        "server_id" => "server".to_string(),
+        other => other.to_string(),
+    })
+    .await
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, String> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v.as_bytes())
+            .map(Some)
+            .map_err(|_| format!("header {name} is not valid UTF-8")),
+    }
+}
+
+async fn authz(
+    State(state): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let rt = state.runtime();
+    let a = &rt.loaded.service.authz;
+    let bad = |msg: String, field: Option<&str>| {
+        state.metrics.bad_request(Endpoint::Authz);
+        error(StatusCode::BAD_REQUEST, &msg, field)
+    };
+    let get = |h: &Option<HeaderName>| -> Result<Option<&str>, String> {
+        match h {
+            None => Ok(None),
+            Some(name) => header_str(&headers, name),
+        }
+    };
+    let (user, tenant, tool, server, cost) = match (
+        get(&a.user_header),
+        get(&a.tenant_header),
+        get(&a.tool_header),
+        get(&a.server_header),
+        get(&a.cost_header),
+    ) {
+        (Ok(u), Ok(t), Ok(tl), Ok(s), Ok(c)) => (u, t, tl, s, c),
+        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
+            return bad(e, None)
+        }
+    };
+    let cost = match cost {
+        None => 1,
+        Some(c) => match c.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                let name = a.cost_header.as_ref().map(HeaderName::as_str).unwrap_or("");
+                return bad(
+                    format!("header {name}: {c:?} is not an integer ≥ 1"),
+                    Some(name),
+                );
+            }
+        },
+    };
+    let mut path: Option<&str> = None;
+    let mut meth: Option<&str> = None;
+    let mut descriptors: Vec<(&str, &str)> = Vec::with_capacity(a.descriptors.len());
+    for (name, source) in &a.descriptors {
+        let value = match source {
+            Source::Header(h) => match header_str(&headers, h) {
+                Ok(v) => v,
+                Err(e) => return bad(e, Some(h.as_str())),
+            },
+            Source::Path => {
+                if path.is_none() {
+                    path = Some(original_path(&headers, &a.path_headers, &uri));
+                }
+                path
+            }
+            Source::Method => {
+                if meth.is_none() {
+                    meth = Some(
+                        a.method_headers
+                            .iter()
+                            .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+                            .unwrap_or(method.as_str()),
+                    );
+                }
+                meth
+            }
+        };
+        if let Some(v) = value {
+            descriptors.push((name.as_str(), v));
+        }
+    }
+    let ctx = RequestContext {
+        user,
+        tenant,
+        server,
+        per_server: server.is_some(),
+        tool,
+        descriptors: &descriptors,
+        cost,
+    };
+    let server_name = a
+        .server_header
+        .as_ref()
+        .map(|h| h.as_str().to_string())
+        .unwrap_or_default();
+    let cost_name = a
+        .cost_header
+        .as_ref()
+        .map(|h| h.as_str().to_string())
+        .unwrap_or_else(|| "cost".into());
+    decide(&state, &rt, &ctx, Endpoint::Authz, move |f| match f {
+        "server_id" => format!("header {server_name}"),
+        _ => format!("header {cost_name}"),
+    })
+    .await
+}
+
+/// The original request path: from the first configured header present, else the part of this
+/// request's path after `/authz` (Envoy ext_authz with `path_prefix: /authz`).
+fn original_path<'a>(headers: &'a HeaderMap, names: &[HeaderName], uri: &'a Uri) -> &'a str {
+    names
+        .iter()
+        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
+        .unwrap_or_else(|| match uri.path().strip_prefix("/authz") {
+            Some("") | None => "/",
+            Some(rest) => rest,
+        })
+}
+
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, br#"{"status":"ok"}"#.to_vec())
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.ready().await {
+        Ok(backend) => json_response(
+            StatusCode::OK,
+            serde_json::to_vec(&serde_json::json!({"ready": true, "backend": backend}))
+                .unwrap_or_default(),
+        ),
+        Err((backend, e)) => json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::to_vec(
+                &serde_json::json!({"ready": false, "backend": backend, "error": e}),
+            )
+            .unwrap_or_default(),
+        ),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.render_metrics().await;
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method {method} not allowed on {}", uri.path()),
+        None,
+    )
+}
+
+async fn not_found(uri: Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "no endpoint {}; try POST /check, /authz, /healthz, /readyz, /metrics",
+            uri.path()
+        ),
+        None,
+    )
+}
