@@ -60,7 +60,7 @@ fn config(s: &Scenario, prefix: &str) -> LimiterConfig {
     LimiterConfig::from_json_str(&json, &[]).unwrap().0
 }
 
-async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> usize {
+async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize, usize) {
     let cfg = config(s, prefix);
     let mut rng = Rng(s.seed);
     let start: u64 = 1_700_000_000_000_000 + rng.below(1_000_000);
@@ -68,6 +68,7 @@ async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> usize {
     let memory = MemoryStore::new(10_000, clock.clone());
     let mut now = start;
     let mut denied = 0;
+    let mut inexact = 0;
     for step in 0..80 {
         // Mostly small steps (bursts), sometimes a jump over one or more windows.
         now += match rng.below(10) {
@@ -96,20 +97,39 @@ async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> usize {
             "{:?} dims={} multi={} costly={} seed={} step={step} now={now} user={user} cost={cost}",
             s.algorithm, s.dims, s.multi, s.costly, s.seed
         );
-        assert_eq!(m, r, "{what}");
-        for f in [HeaderFormat::Legacy, HeaderFormat::Ietf] {
-            assert_eq!(headers::render(&m, f), headers::render(&r, f), "{what}");
+        if store.stats().negative_cache_hits == 0 {
+            assert_eq!(m, r, "{what}");
+            for f in [HeaderFormat::Legacy, HeaderFormat::Ietf] {
+                assert_eq!(headers::render(&m, f), headers::render(&r, f), "{what}");
+            }
+        } else {
+            // With the negative cache: the same verdict, reason and retry instant (only
+            // `remaining` may be older); never a later retry instant than the truth.
+            assert_eq!(
+                (m.allowed, m.reason, m.now),
+                (r.allowed, r.reason, r.now),
+                "{what}"
+            );
+            assert!(r.retry_at <= m.retry_at, "{what}: {r:?} vs {m:?}");
+            if r.retry_at == m.retry_at {
+                assert_eq!(r.retry_after_secs, m.retry_after_secs, "{what}");
+            } else {
+                inexact += 1;
+            }
         }
         if !m.allowed {
             denied += 1;
         }
     }
-    denied
+    (denied, inexact)
 }
 
-async fn parity(settings: RedisSettings, seeds: u64) -> usize {
+/// Returns (denials, local denials whose retry instant was a lower bound, negative-cache hits).
+async fn parity(settings: RedisSettings, seeds: u64) -> (usize, usize, u64) {
+    let settings_negative = settings.negative_cache_keys;
     let store = RedisStore::connect(&settings).await.unwrap();
     let mut denied = 0;
+    let mut inexact = 0;
     let mut n = 0;
     for algorithm in Algorithm::ALL {
         for dims in [1, 3] {
@@ -124,21 +144,29 @@ async fn parity(settings: RedisSettings, seeds: u64) -> usize {
                             costly,
                             seed: seed * 7919 + n,
                         };
-                        denied += run_scenario(&store, &s, &format!("rwp{n}")).await;
+                        let (d, i) = run_scenario(&store, &s, &format!("rwp{n}")).await;
+                        denied += d;
+                        inexact += i;
                     }
                 }
             }
         }
     }
-    assert_eq!(store.stats().errors, 0);
-    assert_eq!(store.stats().script_calls, n * 80);
-    denied
+    let st = store.stats();
+    assert_eq!(st.errors, 0);
+    assert_eq!(st.script_calls + st.negative_cache_hits, n * 80);
+    if settings_negative > 0 {
+        assert!(st.negative_cache_hits > 0);
+    } else {
+        assert_eq!(st.negative_cache_hits, 0);
+    }
+    (denied, inexact, st.negative_cache_hits)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_with_memory_store_single_node() {
     let server = support::RedisServer::start();
-    let denied = parity(support::settings(&server.url(), 2_000), 2).await;
+    let (denied, _, _) = parity(support::settings(&server.url(), 2_000), 2).await;
     // The scenarios exercise denials, not only admissions.
     assert!(denied > 500, "only {denied} denials");
     server.assert_every_key_has_ttl("rwp*");
@@ -147,7 +175,22 @@ async fn parity_with_memory_store_single_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parity_with_memory_store_on_cluster() {
     let cluster = support::RedisCluster::start();
-    let denied = parity(cluster.settings(2_000), 1).await;
+    let (denied, _, _) = parity(cluster.settings(2_000), 1).await;
     assert!(denied > 200, "only {denied} denials");
     cluster.assert_every_key_has_ttl("rwp*");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn negative_cache_gives_the_same_verdicts_and_retry_instants() {
+    let server = support::RedisServer::start();
+    let mut s = support::settings(&server.url(), 2_000);
+    s.negative_cache_keys = 10_000;
+    let (denied, inexact, hits) = parity(s, 1).await;
+    assert!(denied > 200, "only {denied} denials");
+    println!("{denied} denials, {hits} answered locally, {inexact} with an earlier Retry-After");
+    assert!(hits > 100, "{hits}");
+    // One process: a local denial's Retry-After is exactly Redis's (entries are dropped when a
+    // request consuming in one of their cells is admitted).
+    assert_eq!(inexact, 0);
+    server.assert_every_key_has_ttl("rwp*");
 }

@@ -30,11 +30,11 @@
 //!
 //! # Negative cache
 //!
-//! A denial with a known earliest-retry instant is remembered per denying cell; until then a
-//! request of at least the same cost whose plan contains that cell is denied locally, without a
-//! round trip. This is exact (nothing ever refunds a cell, so Redis would deny it too); the
-//! reported `remaining` of a locally denied cell is the one of the cached denial. Bounded and
-//! counted (hits, size, evictions).
+//! A request denied by Redis with a known earliest-retry instant is remembered (plan and cost,
+//! every cell's outcome); until then the same request is denied locally, without a round trip.
+//! The verdict is exact (nothing ever refunds a cell) and so is `Retry-After`, as far as this
+//! process can know: an entry is dropped as soon as this store admits a request consuming in one
+//! of its cells. Bounded and counted (hits, size, evictions). Details in `negative_cache.rs`.
 
 mod negative_cache;
 mod tls;
@@ -79,7 +79,7 @@ pub struct RedisStats {
     pub timeouts: u64,
     /// Checks answered by the negative cache without a round trip.
     pub negative_cache_hits: u64,
-    /// Cells currently in the negative cache.
+    /// Denied plans currently in the negative cache.
     pub negative_cache_size: u64,
     /// Live negative-cache entries evicted because it was full.
     pub negative_cache_evictions: u64,
@@ -574,33 +574,13 @@ impl RedisStore {
     }
 
     fn negative_hit(&self, plan: &Plan, now: Option<Micros>) -> Option<Decision> {
-        let neg = &self.inner.negative;
-        // A cell the cost can never pass makes the answer CostExceedsLimit: ask Redis.
-        if !neg.enabled() || plan.cells.iter().any(|c| plan.cost > c.limit.count()) {
-            return None;
-        }
         let domain = if now.is_some() {
             Domain::Client
         } else {
             Domain::Server
         };
-        let client_now = now.unwrap_or(0);
-        let hits: Vec<_> = plan
-            .cells
-            .iter()
-            .map(|c| neg.lookup(&c.key, c.limit.count(), plan.cost, domain, client_now))
-            .collect();
-        let decided_now = hits.iter().flatten().map(|h| h.now).max()?;
-        let outcomes = plan.cells.iter().zip(&hits).map(|(c, h)| match h {
-            Some(h) => h.outcome,
-            None => Outcome {
-                allowed: true,
-                remaining: c.limit.count(),
-                reset_at: decided_now,
-                retry_at: None,
-            },
-        });
-        let d = Decision::combine(plan, decided_now, outcomes);
+        let hit = self.inner.negative.lookup(plan, domain, now.unwrap_or(0))?;
+        let d = Decision::combine(plan, hit.now, hit.outcomes);
         debug_assert!(!d.allowed);
         Some(d)
     }
@@ -622,6 +602,7 @@ impl RedisStore {
             self.inner.spawn_reconnect();
             return Err(self.fail(StoreError::transient("Redis: not connected (reconnecting)")));
         };
+        let seq = self.inner.negative.current_seq();
         let sent = Instant::now();
         let deadline = tokio::time::Instant::from_std(sent + self.inner.timeout);
         let c = &self.inner.counters;
@@ -644,25 +625,19 @@ impl RedisStore {
         let (decided_now, outcomes) = parse_reply(&value, plan.cells.len())
             .map_err(|m| self.fail(StoreError::permanent(m)))?;
         let decision = Decision::combine(plan, decided_now, outcomes.iter().copied());
-        if !decision.allowed && decision.reason == Some(DenyReason::Limited) {
+        if decision.allowed {
+            self.inner.negative.committed(plan);
+        } else if let (Some(DenyReason::Limited), Some(retry_at)) =
+            (decision.reason, decision.retry_at)
+        {
             let domain = if now.is_some() {
                 Domain::Client
             } else {
                 Domain::Server
             };
-            for (cell, o) in plan.cells.iter().zip(&outcomes) {
-                if !o.allowed && o.retry_at.is_some() {
-                    self.inner.negative.insert(
-                        &cell.key,
-                        cell.limit.count(),
-                        plan.cost,
-                        *o,
-                        domain,
-                        decided_now,
-                        sent,
-                    );
-                }
-            }
+            self.inner
+                .negative
+                .insert(plan, &outcomes, retry_at, domain, decided_now, sent, seq);
         }
         Ok(decision)
     }

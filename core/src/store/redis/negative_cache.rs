@@ -1,25 +1,25 @@
 //! The negative cache: denials with a known earliest-retry instant, answered locally.
 //!
-//! When Redis denies a request and a denying cell `k` reports `retry_at_k` for cost `c`, no
-//! request of cost `c' >= c` can pass cell `k` before `retry_at_k`: nothing ever refunds a cell
-//! (denied requests consume nothing, admitted ones only consume more), and the retry instant of
-//! every algorithm is non-decreasing in the cost. So until then a request whose plan contains cell
-//! `k` (same key, same limit) with cost `>= c` is denied here without a round trip. The cache is
-//! therefore *exact* in the admit/deny sense: it never denies a request Redis would admit.
+//! When Redis denies a request with reason `Limited` (so with a `retry_at`), the store remembers
+//! the plan (its cell keys and limits, in order, and its cost) with every cell's outcome. Until
+//! `retry_at`, the same request (same plan, same cost) is denied here without a round trip:
 //!
-//! Instants are compared in the clock domain the denial was taken in:
+//! * **the verdict is exact**: nothing ever refunds a cell (denied requests consume nothing,
+//!   admitted ones only consume more), so Redis would deny it too;
+//! * **the retry instant is exact** as far as this process can know: the entry is dropped as soon
+//!   as this store admits any request that consumes in one of the plan's cells (tracked with a
+//!   commit sequence number per hashed cell slot), so a local answer is always what Redis would
+//!   have said unless *another instance* consumed in the meantime (then Redis, too, would report a
+//!   later instant; the local one is a lower bound). Each algorithm's `retry_at` for a denied
+//!   request does not move while the state is unchanged (see [`crate::algorithm`]);
+//! * `remaining` and `reset_at` are those of the cached denial (`remaining` at most the true value).
 //!
-//! * **client clock**: the caller's `now` against `retry_at` directly;
-//! * **server clock**: Redis's clock is estimated as `now_redis + (local elapsed since the
-//!   request was sent)`. Redis read its clock after the request was sent, so this estimate runs
-//!   ahead of Redis's clock, and the local denial ends no later than Redis's would.
+//! Instants are compared in the clock domain the denial was taken in: the caller's `now` for the
+//! client clock; for the server clock Redis's clock is estimated as `now_redis + (local time since
+//! the request was sent)`, which runs ahead of Redis's (Redis read its clock after the request was
+//! sent), so a local denial ends no later than Redis's would.
 //!
-//! What a local denial reports: the cached outcomes of the denying cells (their `remaining` is as
-//! of the cached denial, so at most the true value; `retry_at` is exact for every algorithm, see
-//! the module docs of [`crate::algorithm`]); cells not in the cache are reported as admitting
-//! (remaining = their limit, reset = now), which is never what headers describe for a denial.
-//!
-//! Bounded: at most `capacity` cells in `SHARDS` mutex-protected maps. A full shard first drops
+//! Bounded: at most `capacity` plans in `SHARDS` mutex-protected maps. A full shard first drops
 //! expired entries; if it is still full, arbitrary entries are evicted down to 7/8 of the shard
 //! capacity (amortised O(1) per insertion), and counted.
 
@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 
 use crate::algorithm::Outcome;
 use crate::clock::Micros;
+use crate::config::Plan;
 
 const SHARDS: usize = 16;
+/// Commit-sequence slots (cells hash into them; a collision only causes a needless round trip).
+const SLOTS: usize = 4096;
 
 /// Which clock a cached instant belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,47 +48,75 @@ pub(crate) enum Domain {
 #[derive(Debug, Clone)]
 struct Entry {
     domain: Domain,
-    /// Cost of the denied request.
     cost: u64,
-    /// Limit count the denial was computed with.
-    count: u64,
-    /// The cell's outcome in the denial.
-    outcome: Outcome,
-    /// `retry_at` of that outcome.
+    /// (key, limit count) of every cell, in plan order.
+    cells: Vec<(Box<str>, u64)>,
+    outcomes: Vec<Outcome>,
+    /// The decision's `retry_at`.
     retry_at: Micros,
     /// The decision's `now` (server domain: Redis's clock).
     now: Micros,
-    /// When the request that was denied was sent (local monotonic clock).
+    /// When the denied request was sent (local monotonic clock).
     sent: Instant,
+    /// Commit sequence number when the denied request was sent.
+    seq: u64,
     /// Local instant after which the entry is certainly useless (for reclamation).
     dead_after: Instant,
 }
 
-/// A hit: the outcome to report and the estimated "now" in the entry's domain.
-#[derive(Debug, Clone, Copy)]
+impl Entry {
+    fn matches(&self, plan: &Plan, domain: Domain) -> bool {
+        self.domain == domain
+            && self.cost == plan.cost
+            && self.cells.len() == plan.cells.len()
+            && self
+                .cells
+                .iter()
+                .zip(&plan.cells)
+                .all(|((k, n), c)| **k == *c.key && *n == c.limit.count())
+    }
+}
+
+/// A hit: every cell's outcome and the estimated "now" in the entry's domain.
+#[derive(Debug, Clone)]
 pub(crate) struct Hit {
-    pub outcome: Outcome,
+    pub outcomes: Vec<Outcome>,
     pub now: Micros,
 }
 
 pub(crate) struct NegativeCache {
-    shards: Vec<Mutex<HashMap<String, Entry>>>,
+    shards: Vec<Mutex<HashMap<u64, Entry>>>,
     per_shard: usize,
     evictions: AtomicU64,
+    seq: AtomicU64,
+    slots: Box<[AtomicU64]>,
 }
 
-fn shard_of(key: &str) -> usize {
-    // FNV-1a over the key; only spreads keys over shards.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in key.as_bytes() {
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn fnv(mut h: u64, bytes: &[u8]) -> u64 {
+    for &b in bytes {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    (h >> 32) as usize % SHARDS
+    h
+}
+
+fn plan_hash(plan: &Plan) -> u64 {
+    let mut h = fnv(FNV_OFFSET, &plan.cost.to_le_bytes());
+    for c in &plan.cells {
+        h = fnv(h, &(c.key.len() as u64).to_le_bytes());
+        h = fnv(h, c.key.as_bytes());
+    }
+    h
+}
+
+fn slot_of(key: &str) -> usize {
+    (fnv(FNV_OFFSET, key.as_bytes()) % SLOTS as u64) as usize
 }
 
 impl NegativeCache {
-    /// A cache of at most `capacity` cells (0 disables it).
+    /// A cache of at most `capacity` plans (0 disables it).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
@@ -95,6 +126,8 @@ impl NegativeCache {
                 capacity.div_ceil(SHARDS)
             },
             evictions: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            slots: (0..SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 
@@ -102,98 +135,114 @@ impl NegativeCache {
         self.per_shard > 0
     }
 
-    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.shards[shard_of(key)]
+    fn shard(&self, h: u64) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.shards[(h >> 32) as usize % SHARDS]
             .lock()
             .unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Is cell `key` (limit `count`) known to deny a request of `cost` at `client_now` (client
-    /// domain) or now (server domain)?
-    pub(crate) fn lookup(
-        &self,
-        key: &str,
-        count: u64,
-        cost: u64,
-        domain: Domain,
-        client_now: Micros,
-    ) -> Option<Hit> {
+    /// The commit sequence number to record before sending a request.
+    pub(crate) fn current_seq(&self) -> u64 {
+        self.seq.load(Ordering::SeqCst)
+    }
+
+    /// This store admitted `plan`: its cells changed, so cached denials involving them are stale.
+    pub(crate) fn committed(&self, plan: &Plan) {
+        if !self.enabled() {
+            return;
+        }
+        let s = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        for c in &plan.cells {
+            self.slots[slot_of(&c.key)].fetch_max(s, Ordering::SeqCst);
+        }
+    }
+
+    /// Is this exact request known to be denied at `client_now` (client domain) or now (server
+    /// domain)?
+    pub(crate) fn lookup(&self, plan: &Plan, domain: Domain, client_now: Micros) -> Option<Hit> {
         if !self.enabled() {
             return None;
         }
-        let mut shard = self.lock(key);
-        let e = shard.get(key)?;
-        if e.domain != domain || e.count != count || cost < e.cost {
+        let h = plan_hash(plan);
+        let mut shard = self.shard(h);
+        let e = shard.get(&h)?;
+        if !e.matches(plan, domain) {
             return None;
         }
+        let fresh = plan
+            .cells
+            .iter()
+            .all(|c| self.slots[slot_of(&c.key)].load(Ordering::SeqCst) <= e.seq);
         let now = match domain {
             Domain::Client => client_now,
             Domain::Server => e
                 .now
                 .saturating_add(u64::try_from(e.sent.elapsed().as_micros()).unwrap_or(u64::MAX)),
         };
-        if now < e.retry_at {
-            Some(Hit {
-                outcome: e.outcome,
+        if fresh && now < e.retry_at {
+            return Some(Hit {
+                outcomes: e.outcomes.clone(),
                 now,
-            })
-        } else {
-            if domain == Domain::Server {
-                shard.remove(key);
-            }
-            None
+            });
         }
+        if !fresh || domain == Domain::Server {
+            shard.remove(&h);
+        }
+        None
     }
 
-    /// Remember that cell `key` denied a request of `cost` with `outcome` (which must carry a
-    /// `retry_at`), decided at `now` in `domain`, for a request sent at `sent`.
+    /// Remember that Redis denied `plan` with `outcomes` until `retry_at`, decided at `now` in
+    /// `domain`, for a request sent at `sent` when the commit sequence was `seq`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn insert(
         &self,
-        key: &str,
-        count: u64,
-        cost: u64,
-        outcome: Outcome,
+        plan: &Plan,
+        outcomes: &[Outcome],
+        retry_at: Micros,
         domain: Domain,
         now: Micros,
         sent: Instant,
+        seq: u64,
     ) {
-        let Some(retry_at) = outcome.retry_at else {
-            return;
-        };
         if !self.enabled() || retry_at <= now {
             return;
         }
         let entry = Entry {
             domain,
-            cost,
-            count,
-            outcome,
+            cost: plan.cost,
+            cells: plan
+                .cells
+                .iter()
+                .map(|c| (Box::from(c.key.as_str()), c.limit.count()))
+                .collect(),
+            outcomes: outcomes.to_vec(),
             retry_at,
             now,
             sent,
+            seq,
             // Client-domain instants are not tied to local time; reclaim them once the same span
             // has passed locally (plus a second), which is only a memory bound, never a decision.
             dead_after: sent + Duration::from_micros(retry_at - now) + Duration::from_secs(1),
         };
-        let mut shard = self.lock(key);
-        if !shard.contains_key(key) && shard.len() >= self.per_shard {
+        let h = plan_hash(plan);
+        let mut shard = self.shard(h);
+        if !shard.contains_key(&h) && shard.len() >= self.per_shard {
             let t = Instant::now();
             shard.retain(|_, e| e.dead_after > t);
             if shard.len() >= self.per_shard {
                 let target = self.per_shard - self.per_shard.div_ceil(8);
                 let excess = shard.len() - target.min(shard.len());
-                let victims: Vec<String> = shard.keys().take(excess.max(1)).cloned().collect();
+                let victims: Vec<u64> = shard.keys().take(excess.max(1)).copied().collect();
                 for v in victims {
                     shard.remove(&v);
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        shard.insert(key.to_string(), entry);
+        shard.insert(h, entry);
     }
 
-    /// Cells held.
+    /// Plans held.
     pub(crate) fn len(&self) -> u64 {
         self.shards
             .iter()
@@ -210,37 +259,84 @@ impl NegativeCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LimiterConfig;
+    use crate::config::RequestContext;
 
-    fn denied(retry_at: Micros) -> Outcome {
-        Outcome {
-            allowed: false,
-            remaining: 0,
-            reset_at: retry_at,
-            retry_at: Some(retry_at),
-        }
+    fn plan(user: &str, cost: u64) -> Plan {
+        let cfg = LimiterConfig::from_json_str(r#"{"by_user": "5/s", "by_tenant": "9/s"}"#, &[])
+            .unwrap()
+            .0;
+        cfg.policy
+            .plan(&RequestContext {
+                user: Some(user),
+                tenant: Some("t"),
+                cost,
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    fn denied(retry_at: Micros) -> Vec<Outcome> {
+        vec![
+            Outcome {
+                allowed: false,
+                remaining: 0,
+                reset_at: retry_at,
+                retry_at: Some(retry_at),
+            },
+            Outcome {
+                allowed: true,
+                remaining: 3,
+                reset_at: retry_at,
+                retry_at: None,
+            },
+        ]
     }
 
     #[test]
-    fn client_domain_hits_until_retry_at_and_respects_cost_and_limit() {
+    fn same_plan_hits_until_retry_at() {
         let c = NegativeCache::new(64);
         let t = Instant::now();
-        c.insert("k", 5, 2, denied(1_000), Domain::Client, 500, t);
-        assert!(c.lookup("k", 5, 2, Domain::Client, 999).is_some());
-        assert!(c.lookup("k", 5, 3, Domain::Client, 999).is_some());
+        let p = plan("a", 2);
+        c.insert(
+            &p,
+            &denied(1_000),
+            1_000,
+            Domain::Client,
+            500,
+            t,
+            c.current_seq(),
+        );
+        assert!(c.lookup(&p, Domain::Client, 999).is_some());
         assert!(
-            c.lookup("k", 5, 1, Domain::Client, 999).is_none(),
-            "smaller cost"
+            c.lookup(&plan("a", 3), Domain::Client, 999).is_none(),
+            "other cost"
         );
         assert!(
-            c.lookup("k", 6, 2, Domain::Client, 999).is_none(),
-            "other limit"
+            c.lookup(&plan("b", 2), Domain::Client, 999).is_none(),
+            "other plan"
         );
-        assert!(
-            c.lookup("k", 5, 2, Domain::Server, 999).is_none(),
-            "other domain"
+        assert!(c.lookup(&p, Domain::Server, 999).is_none(), "other domain");
+        assert!(c.lookup(&p, Domain::Client, 1_000).is_none());
+    }
+
+    #[test]
+    fn a_local_commit_on_a_shared_cell_invalidates() {
+        let c = NegativeCache::new(64);
+        let p = plan("a", 1);
+        c.insert(
+            &p,
+            &denied(1_000),
+            1_000,
+            Domain::Client,
+            500,
+            Instant::now(),
+            c.current_seq(),
         );
-        assert!(c.lookup("k", 5, 2, Domain::Client, 1_000).is_none());
-        assert!(c.lookup("other", 5, 2, Domain::Client, 999).is_none());
+        assert!(c.lookup(&p, Domain::Client, 600).is_some());
+        c.committed(&plan("b", 1)); // shares the tenant cell
+        assert!(c.lookup(&p, Domain::Client, 600).is_none());
+        assert_eq!(c.len(), 0);
     }
 
     #[test]
@@ -248,14 +344,15 @@ mod tests {
         let c = NegativeCache::new(32);
         let t = Instant::now();
         for i in 0..1_000 {
+            let p = plan(&format!("u{i}"), 1);
             c.insert(
-                &format!("k{i}"),
-                5,
-                1,
-                denied(10_000_000_000),
+                &p,
+                &denied(10_000_000_000),
+                10_000_000_000,
                 Domain::Client,
                 0,
                 t,
+                0,
             );
         }
         assert!(c.len() <= 32, "{}", c.len());
@@ -265,8 +362,17 @@ mod tests {
     #[test]
     fn disabled_when_capacity_is_zero() {
         let c = NegativeCache::new(0);
-        c.insert("k", 5, 1, denied(1_000), Domain::Client, 0, Instant::now());
-        assert!(c.lookup("k", 5, 1, Domain::Client, 1).is_none());
+        let p = plan("a", 1);
+        c.insert(
+            &p,
+            &denied(1_000),
+            1_000,
+            Domain::Client,
+            0,
+            Instant::now(),
+            0,
+        );
+        assert!(c.lookup(&p, Domain::Client, 1).is_none());
         assert_eq!(c.len(), 0);
     }
 }
