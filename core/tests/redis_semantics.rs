@@ -319,3 +319,31 @@ async fn bad_settings_are_reported_at_connect() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn cluster_settings_are_validated_with_the_key_and_value() {
+    let ok = cfg(
+        r#"{"backend": "redis", "redis_cluster": true, "redis_url": "redis://127.0.0.1:7000, redis://127.0.0.1:7001"}"#,
+    );
+    let r = ok.redis.unwrap();
+    assert!(r.cluster);
+    for (json, needle) in [
+        (
+            r#"{"backend": "redis", "redis_cluster": true, "redis_url": "redis://a:1,unix:///tmp/s"}"#,
+            "unix:///tmp/s",
+        ),
+        (
+            r#"{"backend": "redis", "redis_cluster": true, "redis_url": "redis://a:1,rediss://b:2"}"#,
+            "mixes",
+        ),
+    ] {
+        let e = LimiterConfig::from_json_str(json, &[]).unwrap_err();
+        assert_eq!(e.path, "redis_url");
+        assert!(e.message.contains(needle), "{e}");
+    }
+    let e = LimiterConfig::from_json_str(r#"{"redis_cluster": "yes"}"#, &[]).unwrap_err();
+    assert_eq!(e.path, "redis_cluster");
+    // Passwords of every seed node are redacted.
+    let shown = ratewall_core::config::compile::redact("redis://:pw1@a:1,redis://:pw2@b:2");
+    assert!(!shown.contains("pw1") && !shown.contains("pw2"), "{shown}");
+}
