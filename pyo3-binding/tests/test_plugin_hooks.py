@@ -228,3 +228,31 @@ async def test_threads_share_one_plugin(engine):
         t.join()
     r = await p.tool_pre_invoke(tool(), ctx(user="t"))
     assert r.http_headers["X-RateLimit-Remaining"] == str(1000 - 401)
+
+
+@pytest.mark.parametrize("release_gil", [False, True])
+@pytest.mark.parametrize("algorithm", ["fixed_window", "sliding_window", "token_bucket"])
+async def test_threads_exact_with_and_without_gil(release_gil, algorithm):
+    """4 threads on one Engine and one key: exactly the limit is admitted in every dimension,
+    whether the memory check keeps the GIL (default) or releases it."""
+    import json
+    import threading
+
+    from ratewall._ratewall import Engine
+
+    cfg = {"by_user": "150/m", "by_tool": {"search": "150/m"}, "algorithm": algorithm}
+    e = Engine(json.dumps(cfg), ManualClock(T0), release_gil)
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def work():
+        mine = [e.check("t", None, None, "search", True)[0] for _ in range(100)]
+        with lock:
+            codes.extend(mine)
+
+    ts = [threading.Thread(target=work) for _ in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert codes.count(1) == 150 and codes.count(2) == 250

@@ -36,7 +36,14 @@ class Completer:
     def drain(self) -> None: ...
 
 class Engine:
-    def __init__(self, config_json: str, clock: Optional[ManualClock] = None) -> None: ...
+    def __init__(
+        self,
+        config_json: str,
+        clock: Optional[ManualClock] = None,
+        release_gil: bool = False,
+    ) -> None:
+        """``release_gil``: release the GIL around the memory check (measured slower with
+        threads sharing a plugin: see docs/benchmarks/plugin.md; kept for that comparison)."""
     @property
     def backend(self) -> str: ...
     @property
