@@ -79,10 +79,14 @@ def to_ms(v):
     return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
 
 
+SERVER_PIN = []
+WRK_PIN = []
+
+
 def wrk(url, script, args, tmp):
     path = tmp / f"s{abs(hash(script))}.lua"
     path.write_text(script)
-    cmd = ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
+    cmd = WRK_PIN + ["wrk", "-t", str(args.threads), "-c", str(args.connections), "-d", f"{args.duration}s",
            "--timeout", "2s", "--latency", "-s", str(path), url]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 30).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -101,17 +105,23 @@ def main():
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-redis", action="store_true")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin servers (and Redis) to CPU 1 and wrk to CPU 0 (taskset), so the load "
+                         "generator does not compete with the server for the same core")
     args = ap.parse_args()
     for b in ("ratewall-server", "examples/floor"):
         if not (REL / b).exists():
             sys.exit(f"missing {REL / b}: cargo build --release -p ratewall-server --example floor")
     if not shutil.which("wrk"):
         sys.exit("wrk not installed (apt-get install wrk)")
+    if args.pin:
+        SERVER_PIN[:] = ["taskset", "-c", "1"]
+        WRK_PIN[:] = ["taskset", "-c", "0"]
     tmp = Path(tempfile.mkdtemp(prefix="rw-bench-"))
     procs = []
 
     def start(cmd, health, **kw):
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        p = subprocess.Popen(SERVER_PIN + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
         procs.append(p)
         wait_http(health)
         return p
@@ -131,7 +141,7 @@ def main():
         targets.append(("ratewall, memory store", "GET /authz", f"http://127.0.0.1:{mp}", AUTHZ_LUA))
         if not args.no_redis and shutil.which("redis-server"):
             rp = free_port()
-            p = subprocess.Popen(["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
+            p = subprocess.Popen(SERVER_PIN + ["redis-server", "--port", str(rp), "--bind", "127.0.0.1", "--save", "",
                                   "--appendonly", "no", "--dir", str(tmp)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             procs.append(p)
@@ -151,19 +161,27 @@ def main():
                 print(f"round {r + 1} {targets[i][0]:32} {targets[i][1]:12} {res['rps']:10.0f} req/s "
                       f"p50 {res['p50']:.3f} ms p99 {res['p99']:.3f} ms non-2xx {res['non2xx']} {res['errors']}",
                       file=sys.stderr)
+        # per-round ratio to the floor of the same request kind, measured minutes apart at most
+        floor_idx = {targets[i][1]: i for i in results if "floor" in targets[i][0]}
+        ratios = {}
+        for i in results:
+            fi = floor_idx.get(targets[i][1])
+            rs = sorted(results[i][r]["rps"] / results[fi][r]["rps"] for r in range(args.rounds)) if fi is not None else []
+            ratios[i] = rs[len(rs) // 2] if rs else float("nan")
         med = {}
         for i, runs in results.items():
-            runs.sort(key=lambda x: x["rps"])
+            runs = sorted(runs, key=lambda x: x["rps"])
             med[i] = runs[len(runs) // 2]
-        floor = {targets[i][1]: med[i]["rps"] for i in med if "floor" in targets[i][0]}
-        print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
-              f"median round; {os.cpu_count()} cores shared by server, wrk (and Redis)\n")
-        print("| target | request | req/s | p50 (ms) | p99 (ms) | vs floor | non-2xx |")
+        where = ("servers and Redis pinned to CPU 1, wrk to CPU 0" if args.pin
+                 else f"{os.cpu_count()} cores shared by server, wrk (and Redis)")
+        print(f"\nwrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency, {args.rounds} interleaved "
+              f"rounds, median round by req/s; {where}\n")
+        print("| target | request | req/s | p50 (ms) | p99 (ms) | vs floor (median of per-round ratios) | non-2xx |")
         print("|---|---|---:|---:|---:|---:|---:|")
         for i, (name, req, _, _) in enumerate(targets):
             m = med[i]
-            ratio = m["rps"] / floor[req] if floor.get(req) else float("nan")
-            print(f"| {name} | {req} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {ratio:.0%} | {m['non2xx']} |")
+            print(f"| {name} | {req} | {m['rps']:.0f} | {m['p50']:.3f} | {m['p99']:.3f} | {ratios[i]:.0%} | "
+                  f"{m['non2xx']} |")
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

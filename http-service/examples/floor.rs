@@ -22,6 +22,7 @@ async fn main() -> std::io::Result<()> {
     let app = Router::new()
         .route("/check", post(trivial))
         .route("/authz", any(trivial))
+        .route("/authz/{*rest}", any(trivial))
         .route("/healthz", any(trivial));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("floor listening on http://{addr}");

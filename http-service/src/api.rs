@@ -145,7 +145,10 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
         (false, Some(DenyReason::BackendUnavailable)) => StatusCode::SERVICE_UNAVAILABLE,
         (false, _) => StatusCode::TOO_MANY_REQUESTS,
     };
-    let bytes = serde_json::to_vec(&body).unwrap_or_default();
+    let mut bytes = Vec::with_capacity(384);
+    if serde_json::to_writer(&mut bytes, &body).is_err() {
+        bytes.clear();
+    }
     let mut resp = json_response(status, bytes);
     let h = resp.headers_mut();
     for (name, value) in &rendered {
@@ -239,7 +242,7 @@ async fn read_body(state: &AppState, rt: &Runtime, body: Body) -> Result<Bytes, 
 }
 
 async fn check(State(state): State<Arc<AppState>>, body: Body) -> Response {
-    let rt = state.runtime();
+    let rt = state.runtime_guard();
     let bytes = match read_body(&state, &rt, body).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -317,7 +320,7 @@ async fn authz(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let rt = state.runtime();
+    let rt = state.runtime_guard();
     let a = &rt.loaded.service.authz;
     let bad = |msg: String, field: Option<&str>| {
         state.metrics.bad_request(Endpoint::Authz);

@@ -163,6 +163,12 @@ impl AppState {
         self.runtime.load_full()
     }
 
+    /// The running configuration for the span of one request: no shared reference count is
+    /// touched (arc-swap's per-thread debt slots), so concurrent requests do not contend on it.
+    pub fn runtime_guard(&self) -> arc_swap::Guard<Arc<Runtime>> {
+        self.runtime.load()
+    }
+
     /// Now, in µs since the epoch.
     pub fn now_micros(&self) -> u64 {
         self.clock.now_micros()
