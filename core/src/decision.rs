@@ -113,18 +113,23 @@ impl Decision {
     }
 
     /// Combine one outcome per cell of `plan` (same order) into a decision.
+    #[inline(always)]
     pub fn combine(plan: &Plan, now: Micros, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
-        let dimensions: Dimensions = plan
-            .cells
-            .iter()
-            .zip(outcomes)
-            .map(|(c, o)| DimensionResult {
+        let mut dimensions = Dimensions::new();
+        for (c, o) in plan.cells.iter().zip(outcomes) {
+            dimensions.push(DimensionResult {
                 dimension: c.dimension,
                 name: c.name,
                 limit: c.limit,
                 outcome: o,
-            })
-            .collect();
+            });
+        }
+        Self::from_results(dimensions, now, plan.cost)
+    }
+
+    /// Combine per-cell results (plan order) into a decision.
+    #[inline(always)]
+    pub fn from_results(dimensions: Dimensions, now: Micros, cost: u64) -> Self {
         if dimensions.is_empty() {
             return Self::unlimited(now);
         }
@@ -137,7 +142,7 @@ impl Decision {
             retry_at: None,
             retry_after_secs: None,
             dimensions,
-            cost: plan.cost,
+            cost,
         };
         if allowed {
             let mut best = 0;

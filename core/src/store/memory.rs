@@ -33,6 +33,8 @@ use crate::decision::Decision;
 
 /// Number of shards (a power of two).
 pub const SHARDS: usize = 64;
+// The multi-cell path tracks involved shards in a `u64` bitmask.
+const _: () = assert!(SHARDS <= 64 && SHARDS.is_power_of_two());
 
 /// Entries examined by the reclaiming hand on every insertion.
 const RECLAIM_STEPS: usize = 2;
@@ -60,8 +62,8 @@ pub struct MemoryStats {
     pub evictions: u64,
 }
 
-/// Inline storage for per-cell scratch data (no allocation for up to 8 cells).
-type Small<T> = SmallVec<[T; 8]>;
+/// Inline storage for per-cell scratch data (no allocation for up to 4 cells).
+type Small<T> = SmallVec<[T; 4]>;
 
 /// Index of `key` in the shard, using the already computed hash.
 fn index_of(shard: &Shard, hash: u64, key: &str) -> Option<usize> {
@@ -166,6 +168,7 @@ impl MemoryStore {
         shard.map.insert(key.into(), entry);
     }
 
+    #[inline(always)]
     fn check_single(&self, plan: &Plan) -> Decision {
         let cell = &plan.cells[0];
         let (hash, sid) = self.locate(&cell.key);
@@ -217,30 +220,37 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    #[inline(always)]
     fn check(&self, plan: &Plan) -> Result<Decision, StoreError> {
         match plan.cells.len() {
             0 => return Ok(Decision::unlimited(self.clock.now_micros())),
             1 => return Ok(self.check_single(plan)),
             _ => {}
         }
-        let located: Small<(u64, usize)> = plan.cells.iter().map(|c| self.locate(&c.key)).collect();
-        let mut order: Small<usize> = located.iter().map(|l| l.1).collect();
-        order.sort_unstable();
-        order.dedup();
-        let mut guards: Small<(usize, MutexGuard<'_, Shard>)> = order
-            .iter()
-            .map(|&i| (i, self.shards[i].0.lock()))
-            .collect();
-        let slot = |id: usize| guards.iter().position(|(i, _)| *i == id).unwrap_or(0);
-        let slots: Small<usize> = located.iter().map(|&(_, id)| slot(id)).collect();
+        // Shards involved, as a bitmask: locking in ascending bit order can never deadlock, and a
+        // shard's guard is found by counting the involved shards below it.
+        let mut located: Small<(u64, usize)> = Small::new();
+        let mut mask = 0u64;
+        for c in &plan.cells {
+            let (hash, sid) = self.locate(&c.key);
+            mask |= 1 << sid;
+            located.push((hash, sid));
+        }
+        let mut guards: Small<MutexGuard<'_, Shard>> = Small::new();
+        let mut rest = mask;
+        while rest != 0 {
+            guards.push(self.shards[rest.trailing_zeros() as usize].0.lock());
+            rest &= rest - 1;
+        }
+        let slot = |sid: usize| (mask & ((1u64 << sid) - 1)).count_ones() as usize;
         let now = self.clock.now_micros();
 
         let mut idxs: Small<Option<usize>> = Small::new();
-        let mut outcomes: Small<crate::algorithm::Outcome> = Small::new();
-        for ((cell, &g), &(hash, _)) in plan.cells.iter().zip(&slots).zip(&located) {
-            let idx = index_of(&guards[g].1, hash, &cell.key);
-            let map = &guards[g].1.map;
-            let o = match idx.and_then(|i| map.get_index(i)) {
+        let mut results = crate::decision::Dimensions::new();
+        for (cell, &(hash, sid)) in plan.cells.iter().zip(&located) {
+            let shard = &guards[slot(sid)];
+            let idx = index_of(shard, hash, &cell.key);
+            let outcome = match idx.and_then(|i| shard.map.get_index(i)) {
                 Some((_, e)) if e.state.algorithm() == cell.algorithm => {
                     e.state.peek(now, plan.cost, &cell.limit)
                 }
@@ -250,20 +260,25 @@ impl Store for MemoryStore {
                     .peek(now, plan.cost, &cell.limit),
             };
             idxs.push(idx);
-            outcomes.push(o);
+            results.push(crate::decision::DimensionResult {
+                dimension: cell.dimension,
+                name: cell.name,
+                limit: cell.limit,
+                outcome,
+            });
         }
-        let decision = Decision::combine(plan, now, outcomes);
+        let decision = Decision::from_results(results, now, plan.cost);
         if decision.allowed {
             // Existing entries first (their indices stay valid), then insertions (which may
             // reclaim or evict and so move indices).
-            for ((cell, &g), idx) in plan.cells.iter().zip(&slots).zip(&idxs) {
+            for ((cell, &(_, sid)), idx) in plan.cells.iter().zip(&located).zip(&idxs) {
                 if idx.is_some() {
-                    self.commit(&mut guards[g].1, *idx, cell, plan.cost, now);
+                    self.commit(&mut guards[slot(sid)], *idx, cell, plan.cost, now);
                 }
             }
-            for ((cell, &g), idx) in plan.cells.iter().zip(&slots).zip(&idxs) {
+            for ((cell, &(_, sid)), idx) in plan.cells.iter().zip(&located).zip(&idxs) {
                 if idx.is_none() {
-                    self.commit(&mut guards[g].1, None, cell, plan.cost, now);
+                    self.commit(&mut guards[slot(sid)], None, cell, plan.cost, now);
                 }
             }
         }
