@@ -6,7 +6,8 @@
 //! batch atomic, so a later instant is never applied before an earlier one.
 //!
 //! * [`memory::MemoryStore`] (feature `memory`): sharded, bounded, in-process.
-//! * The Redis store (feature `redis` of the `ratewall-redis` code path) runs one Lua script.
+//! * [`redis::RedisStore`] (feature `redis`): one Lua script call (`EVALSHA`) per request, on a
+//!   multiplexed async connection, single node or cluster; see `docs/REDIS.md`.
 //! * The Envoy filter keeps cells in proxy-wasm shared data and reuses [`apply_batch`].
 
 #[cfg(feature = "memory")]
