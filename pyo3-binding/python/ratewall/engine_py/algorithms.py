@@ -73,14 +73,25 @@ def sw_peek(s, now, cost, l, w):
         idx = start + k - 1
         if idx < len(log):
             retry_at = log[idx] + w
-    return Outcome(False, max(l - n, 0), now if newest is None else newest + w, retry_at)
+    # An expired log is a fresh one: reset is never in the past (as the core's sliding_window).
+    return Outcome(False, max(l - n, 0), now if newest is None else max(newest + w, now), retry_at)
 
 
 def sw_commit(s, now, cost, l, w):
-    log = list(s or [])
-    del log[: _first_live(log, now, w)]
+    # In place (the store replaces the state it passed in): copying the log, or deleting its
+    # expired head on every call, is O(log length) per request, i.e. O(L). Expired entries are
+    # dropped once they are at least half of the log (amortised O(1)); until then they sit in
+    # front of the live ones, where _first_live skips them, so no decision changes and the log
+    # holds at most 2 L + cost entries.
+    log = [] if s is None else s
+    start = _first_live(log, now, w)
+    if start and 2 * start >= len(log):
+        del log[:start]
     stamp = max(log[-1], now) if log else now
-    log.extend([stamp] * cost)
+    if cost == 1:
+        log.append(stamp)
+    else:
+        log.extend([stamp] * cost)
     return log
 
 
