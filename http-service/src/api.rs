@@ -185,6 +185,14 @@ async fn decide(
     };
     let d = state.decide(rt, &plan).await;
     state.metrics.observe(endpoint, start.elapsed());
+    tracing::debug!(
+        endpoint = endpoint.name(),
+        allowed = d.allowed,
+        reason = d.reason.map(DenyReason::as_str),
+        limit = d.reported().map(|r| r.name.as_str()),
+        remaining = d.remaining(),
+        "decision"
+    );
     decision_response(rt, &d)
 }
 

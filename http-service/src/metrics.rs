@@ -32,7 +32,8 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    fn name(self) -> &'static str {
+    /// `check` or `authz`.
+    pub fn name(self) -> &'static str {
         match self {
             Endpoint::Check => "check",
             Endpoint::Authz => "authz",

@@ -112,3 +112,36 @@ async fn metrics_count_decisions() {
     ));
     assert!(text.contains(r#"ratewall_near_limit_total{limit="by_user",dimension="user"} 1"#));
 }
+
+#[tokio::test]
+async fn reload_validates_first_and_keeps_counters() {
+    let dir = std::env::temp_dir().join(format!("rw-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cfg.yaml");
+    std::fs::write(&path, "by_user: \"3/m\"\n").unwrap();
+    let source = ConfigSource {
+        path: Some(path.clone()),
+        redis_url: None,
+    };
+    let loaded = source.load().unwrap();
+    let clock = Arc::new(ManualClock::new(T0));
+    let st = AppState::with_clock(loaded, source, clock).await.unwrap();
+    call(&st, check(r#"{"user":"a"}"#)).await;
+
+    std::fs::write(&path, "by_user: \"three/m\"\n").unwrap();
+    let err = st.reload().await.unwrap_err();
+    assert!(err.contains("by_user"), "{err}");
+    assert_eq!(st.runtime().generation, 1);
+
+    std::fs::write(&path, "by_user: \"5/m\"\nheaders: none\n").unwrap();
+    assert_eq!(st.reload().await.unwrap(), 2);
+    let (s, h, v) = call(&st, check(r#"{"user":"a"}"#)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["limit"], 5);
+    assert_eq!(v["remaining"], 3, "the usage before the reload is kept");
+    assert!(
+        h.get("x-ratelimit-limit").is_none(),
+        "headers: none applied"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
