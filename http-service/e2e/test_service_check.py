@@ -152,6 +152,14 @@ def test_slow_body_times_out_with_408(servers):
         assert data.startswith(b"HTTP/1.1 408"), data
         assert 0.2 < time.monotonic() - t0 < 3
     assert s.metric("ratewall_request_timeouts_total") == 1
+    # headers that never complete: the connection is closed after request_timeout_ms
+    with socket.create_connection(("127.0.0.1", s.port)) as c:
+        c.sendall(b"POST /check HTTP/1.1\r\nHost: x\r\n")
+        c.settimeout(5)
+        t0 = time.monotonic()
+        data = c.recv(4096)
+        assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
+        assert 0.2 < time.monotonic() - t0 < 3
 
 
 def test_authz_proxy_mode(servers):

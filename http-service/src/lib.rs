@@ -21,32 +21,61 @@ use std::time::{Duration, SystemTime};
 pub use api::app;
 use state::AppState;
 
-/// Serve `state` on `listener` until SIGTERM/SIGINT; in-flight requests finish (bounded by
-/// `shutdown_timeout_ms`). Reloads on SIGHUP and, if `watch_config`, when the file changes.
+/// Serve `state` on `listener` until SIGTERM/SIGINT: the listener closes, in-flight requests
+/// finish (bounded by `shutdown_timeout_ms`), idle keep-alive connections are closed. Reloads on
+/// SIGHUP and, if `watch_config`, when the file changes. Request headers must arrive within
+/// `request_timeout_ms` (as configured at start-up), so idle half-open requests cannot pile up.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("ratewall-server listening on http://{addr}");
     spawn_reloaders(state.clone());
-    let (tx, rx) = tokio::sync::watch::channel(false);
-    let shutdown_timeout = state.runtime().loaded.service.shutdown_timeout;
-    tokio::spawn(async move {
-        let sig = shutdown_signal().await;
-        tracing::info!(signal = sig, "shutting down: finishing in-flight requests");
-        let _ = tx.send(true);
-    });
-    let mut rx2 = rx.clone();
-    let server = axum::serve(listener, app(state)).with_graceful_shutdown(async move {
-        let _ = rx2.wait_for(|v| *v).await;
-    });
-    let mut rx3 = rx;
+    let settings = state.runtime().loaded.service.clone();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.request_timeout)
+        .keep_alive(true);
+    let service = TowerToHyperService::new(app(state));
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let signal = loop {
+        tokio::select! {
+            sig = &mut shutdown => break sig,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = builder.serve_connection(TokioIo::new(stream), service.clone());
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection closed with an error");
+                    }
+                });
+            }
+        }
+    };
+    drop(listener);
+    tracing::info!(signal, "shutting down: finishing in-flight requests");
     tokio::select! {
-        r = server => r?,
-        _ = async {
-            let _ = rx3.wait_for(|v| *v).await;
-            tokio::time::sleep(shutdown_timeout).await;
-        } => {
-            tracing::warn!(timeout_ms = shutdown_timeout.as_millis() as u64, "in-flight requests did not finish in time; exiting");
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(settings.shutdown_timeout) => {
+            tracing::warn!(
+                timeout_ms = settings.shutdown_timeout.as_millis() as u64,
+                "in-flight requests did not finish in time; exiting"
+            );
         }
     }
     tracing::info!("stopped");
