@@ -12,6 +12,12 @@ Every request hits the /direct route (Envoy answers itself), so the figures are 
 plus the filter's. Usage (from the repository root, after proxy-wasm-filter/build.sh):
 
   .venv/bin/python proxy-wasm-filter/bench/envoy_bench.py [--duration 5] [--rounds 2] [--connections 16]
+      [--only none,noop-wasm,ratewall-local] [--compare old=/path/to/ratewall_filter.wasm]
+
+--compare adds `ratewall-local@old` (the same local configuration on another build of the filter,
+e.g. the previous commit's module) to the same run, so a change is measured against its baseline
+under the same machine load. --only restricts the run to some variants (`none` and `noop-wasm` are
+always kept: they are the reference).
 
 Prints a Markdown table. Throughput on a shared 2-core machine is noisy, so the comparison uses the
 Envoy process's own CPU time (utime + stime of all its threads, /proc/<pid>/stat) divided by the
@@ -64,6 +70,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
+    ap.add_argument("--only", default="", help="comma-separated variants to run (none and noop-wasm always run)")
+    ap.add_argument("--compare", action="append", default=[], metavar="NAME=WASM", help="also run ratewall-local on another build of the filter")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="ratewall-bench-"))
     procs = []
@@ -75,8 +83,14 @@ def main():
         "ratewall-no-limits": [c.wasm_filter({})],
         "native-local-rl": [c.native_local_ratelimit(1_000_000_000)],
     }
+    for spec in args.compare:
+        label, _, path = spec.partition("=")
+        variants[f"ratewall-local@{label}"] = [c.wasm_filter({"by_user": LIMIT}, wasm=Path(path).resolve(), vm_id=f"ratewall-{label}")]
+    only = {"none", "noop-wasm"} | set(filter(None, args.only.split(",")))
+    if args.only:
+        variants = {k: v for k, v in variants.items() if k in only or k.startswith("ratewall-local@")}
     extra = []
-    if c.SERVER_BIN.exists() and shutil.which("redis-server"):
+    if c.SERVER_BIN.exists() and shutil.which("redis-server") and (not args.only or "ratewall-remote" in only):
         rport, sport = c.free_port(), c.free_port()
         procs.append(c.start_process(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], tmp / "redis.log"))
         c.wait_port(rport)

@@ -100,6 +100,20 @@ impl FilterConfig {
         self.limiter.headers
     }
 
+    /// Local mode with no limit configured: every request passes untouched (no headers).
+    pub fn limits_nothing(&self) -> bool {
+        matches!(self.mode, Mode::Local(_)) && self.limiter.policy.is_empty()
+    }
+
+    /// Local mode where a request's plans depend on its user and tenant only (no server, tool or
+    /// descriptor header to read).
+    pub fn needs_user_and_tenant_only(&self) -> bool {
+        matches!(self.mode, Mode::Local(_))
+            && !self.limiter.policy.has_per_server()
+            && self.tool_header.is_none()
+            && self.descriptor_headers.is_empty()
+    }
+
     /// Whether a request with this method and path has its body inspected.
     pub fn inspects_body(&self, method: &str, path: &str) -> bool {
         self.max_body_bytes > 0

@@ -5,6 +5,7 @@
 //! `unwrap()` (header values that are not UTF-8, for instance, would trap in
 //! `get_http_request_header`).
 
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -19,7 +20,7 @@ use crate::mcp::{parse_body, Body};
 use crate::remote::{parse_check_response, CheckRequest};
 use crate::response::Verdict;
 use crate::shared::{SetError, SharedData, SlotTable};
-use crate::{groups, plans, text, Identity};
+use crate::{groups, plans, Identity, PlanCache};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -51,7 +52,12 @@ fn now_micros() -> Micros {
     hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        // Seconds and sub-second µs: no u128 arithmetic (`as_micros`) on the request path.
+        .map(|d| {
+            d.as_secs()
+                .saturating_mul(1_000_000)
+                .saturating_add(u64::from(d.subsec_micros()))
+        })
         .unwrap_or(0)
 }
 
@@ -59,6 +65,7 @@ fn now_micros() -> Micros {
 struct Root {
     cfg: Option<Rc<FilterConfig>>,
     table: Option<Rc<SlotTable>>,
+    cache: Rc<RefCell<PlanCache>>,
     cursor: u32,
 }
 
@@ -102,6 +109,8 @@ impl RootContext for Root {
         } else {
             self.table = None;
         }
+        // A new configuration: plans of the old one no longer apply.
+        self.cache = Rc::default();
         self.cfg = Some(Rc::new(cfg));
         true
     }
@@ -127,6 +136,7 @@ impl RootContext for Root {
         Some(Box::new(Http {
             cfg: self.cfg.clone(),
             table: self.table.clone(),
+            cache: self.cache.clone(),
             phase: Phase::Start,
             identity: Identity::default(),
             mcp: None,
@@ -153,6 +163,7 @@ enum Phase {
 struct Http {
     cfg: Option<Rc<FilterConfig>>,
     table: Option<Rc<SlotTable>>,
+    cache: Rc<RefCell<PlanCache>>,
     phase: Phase,
     identity: Identity,
     mcp: Option<crate::mcp::McpRequest>,
@@ -166,12 +177,29 @@ impl Http {
     /// Read the identity, method and path from one fetch of the request headers (one host call
     /// instead of one per header: every value the host returns costs a call back into the
     /// guest's allocator).
-    fn read_identity(&mut self, cfg: &FilterConfig) -> (String, String) {
+    fn read_identity(&mut self, cfg: &FilterConfig, end_of_stream: bool) -> (String, String) {
+        if end_of_stream && cfg.needs_user_and_tenant_only() {
+            // Two lookups (an absent header costs no copy into the VM) instead of the whole
+            // map, which the SDK turns into two allocations per header.
+            let get = |name: &str| {
+                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
+                    .ok()
+                    .flatten()
+                    .map(|v| String::from_utf8_lossy(&v).trim().to_string())
+                    .filter(|s| !s.is_empty())
+            };
+            self.identity = Identity {
+                user: get(&cfg.user_header),
+                tenant: get(&cfg.tenant_header),
+                ..Identity::default()
+            };
+            return (String::new(), String::new());
+        }
         let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
         let find = |name: &str| -> Option<String> {
             all.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| text(v.clone()).trim().to_string())
+                .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
                 .filter(|s| !s.is_empty())
         };
         self.identity = Identity {
@@ -185,6 +213,10 @@ impl Http {
                 .filter_map(|(name, h)| find(h).map(|v| (name.clone(), v)))
                 .collect(),
         };
+        if end_of_stream {
+            // No body: method and path only matter for body inspection.
+            return (String::new(), String::new());
+        }
         (
             find(":method").unwrap_or_default(),
             find(":path").unwrap_or_default(),
@@ -199,11 +231,19 @@ impl Http {
         }
         match (&cfg.mode, &self.table) {
             (Mode::Local(_), Some(table)) => {
-                let plans = match plans(&cfg.limiter.policy, &self.identity, &groups) {
+                let build = || {
+                    plans(&cfg.limiter.policy, &self.identity, &groups).map(|p| table.prepare(p))
+                };
+                // The cache is only borrowed here, never across a host call that could re-enter.
+                let prepared = match self.cache.try_borrow_mut() {
+                    Ok(mut cache) => cache.get_or_build(&self.identity, &groups, build),
+                    Err(_) => build().map(Rc::new),
+                };
+                let prepared = match prepared {
                     Ok(p) => p,
                     Err(e) => return self.apply(Verdict::invalid(e.to_string()), false),
                 };
-                let verdict = match table.check(&Host, &plans, &now_micros) {
+                let verdict = match table.check_prepared(&Host, &prepared, &now_micros) {
                     Ok((d, _)) => Verdict::from_decision(&d, cfg.headers()),
                     Err(e) => {
                         warn!("ratewall: shared data unavailable ({e}); fail_mode applies");
@@ -285,7 +325,7 @@ impl Http {
         let mut headers: Vec<(&str, &str)> = verdict
             .headers
             .iter()
-            .map(|(n, v)| (n.as_str(), v.as_str()))
+            .map(|(n, v)| (n.as_ref(), v.as_str()))
             .collect();
         headers.push(("content-type", "application/json"));
         if let Err(e) = hostcalls::send_http_response(verdict.status, headers, Some(&body)) {
@@ -304,7 +344,7 @@ impl Context for Http {
         let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
             .ok()
             .flatten()
-            .and_then(|b| text(b).parse::<u32>().ok());
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse::<u32>().ok());
         let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
             .ok()
             .flatten()
@@ -340,7 +380,11 @@ impl HttpContext for Http {
         let Some(cfg) = self.cfg.clone() else {
             return Action::Continue;
         };
-        let (method, path) = self.read_identity(&cfg);
+        if cfg.limits_nothing() {
+            // Local mode without any limit: every plan is empty, nothing to read or store.
+            return Action::Continue;
+        }
+        let (method, path) = self.read_identity(&cfg, end_of_stream);
         if !end_of_stream && cfg.inspects_body(&method, &path) {
             self.phase = Phase::Buffering;
             return Action::Pause;

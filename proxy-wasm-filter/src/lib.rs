@@ -24,9 +24,14 @@ pub mod shared;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::rc::Rc;
+
 use ratewall_core::config::{ContextError, Plan, Policy, RequestContext};
 
 use crate::mcp::Body;
+use crate::shared::Prepared;
 
 /// The identity of a request, read from its headers (untrusted; the core bounds and encodes it).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -80,6 +85,111 @@ pub fn plans(
             })
         })
         .collect()
+}
+
+/// Entries kept by a [`PlanCache`] before it starts over.
+pub const PLAN_CACHE_ENTRIES: usize = 1024;
+
+/// The prepared plans ([`shared::Prepared`]) of recently seen requests, by identity and tool
+/// groups: a repeat caller skips building its cell keys and slot keys. Bounded: when
+/// [`PLAN_CACHE_ENTRIES`] are held the cache is emptied and refills with the current traffic.
+/// Plans depend only on the configuration and the request's identity, so a cache belongs to one
+/// configuration (and one worker: proxy-wasm contexts are single-threaded).
+#[derive(Debug, Default)]
+pub struct PlanCache {
+    map: HashMap<Vec<u8>, Rc<Prepared>, BuildHasherDefault<Fnv>>,
+    /// Key buffer reused between lookups.
+    key: Vec<u8>,
+}
+
+impl PlanCache {
+    /// The prepared plans of `identity` and `groups`, built with `build` on a miss (errors are
+    /// not cached).
+    pub fn get_or_build<E>(
+        &mut self,
+        identity: &Identity,
+        groups: &[(Option<String>, u64)],
+        build: impl FnOnce() -> Result<Prepared, E>,
+    ) -> Result<Rc<Prepared>, E> {
+        self.key.clear();
+        cache_key(&mut self.key, identity, groups);
+        if let Some(p) = self.map.get(self.key.as_slice()) {
+            return Ok(p.clone());
+        }
+        let p = Rc::new(build()?);
+        if self.map.len() >= PLAN_CACHE_ENTRIES {
+            self.map.clear();
+        }
+        self.map.insert(self.key.clone(), p.clone());
+        Ok(p)
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// An injective encoding of everything a plan depends on besides the configuration.
+fn cache_key(out: &mut Vec<u8>, id: &Identity, groups: &[(Option<String>, u64)]) {
+    fn opt(out: &mut Vec<u8>, s: Option<&str>) {
+        match s {
+            None => out.push(0),
+            Some(s) => {
+                out.push(1);
+                bytes(out, s);
+            }
+        }
+    }
+    fn bytes(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&u32::try_from(s.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+    opt(out, id.user.as_deref());
+    opt(out, id.tenant.as_deref());
+    opt(out, id.server.as_deref());
+    // `tool` only matters through `groups`.
+    out.extend_from_slice(
+        &u32::try_from(id.descriptors.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    for (k, v) in &id.descriptors {
+        bytes(out, k);
+        bytes(out, v);
+    }
+    for (tool, cost) in groups {
+        opt(out, tool.as_deref());
+        out.extend_from_slice(&cost.to_le_bytes());
+    }
+}
+
+/// FNV-1a 64: a small, fast hasher for the plan cache's short keys (no HashDoS concern worth a
+/// SipHash here: the cache is bounded and emptied when full).
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
 }
 
 /// Bytes to text without trapping: header values may carry obs-text (non-UTF-8) bytes, which

@@ -80,7 +80,7 @@ pub fn parse_check_response(status: Option<u32>, body: &[u8]) -> Result<Verdict,
             if let Some([Value::String(n), Value::String(val)]) = pair.as_array().map(Vec::as_slice)
             {
                 if safe_header(n, val) {
-                    headers.push((n.clone(), val.clone()));
+                    headers.push((n.clone().into(), val.clone()));
                 }
             }
         }

@@ -13,6 +13,8 @@
 //! * MCP: a JSON-RPC error object per call that has an id (a batch gets an array), code `-32000`,
 //!   with the same fields under `error.data`.
 
+use std::borrow::Cow;
+
 use ratewall_core::config::{FailMode, HeaderFormat};
 use ratewall_core::decision::ceil_secs;
 use ratewall_core::{headers, Decision, DenyReason};
@@ -37,8 +39,10 @@ pub struct Verdict {
     pub reason: Option<String>,
     /// Human-readable message (denied only).
     pub message: Option<String>,
-    /// Rate-limit headers: added to the upstream response, or to the local reply.
-    pub headers: Vec<(String, String)>,
+    /// Rate-limit headers: added to the upstream response, or to the local reply. Names are
+    /// the renderer's static strings in local mode (no copy per request), the service's in remote
+    /// mode.
+    pub headers: Vec<(Cow<'static, str>, String)>,
     /// `Retry-After` in seconds, when known.
     pub retry_after: Option<u64>,
     /// Limit of the reported dimension.
@@ -69,7 +73,7 @@ impl Verdict {
     pub fn from_decision(d: &Decision, format: HeaderFormat) -> Self {
         let headers = headers::render(d, format)
             .into_iter()
-            .map(|(n, v)| (n.to_string(), v))
+            .map(|(n, v)| (Cow::Borrowed(n), v))
             .collect();
         let (status, message) = match d.reason {
             None => (200, None),
@@ -218,10 +222,10 @@ mod tests {
         assert_eq!(
             v.headers,
             vec![
-                ("X-RateLimit-Limit".to_string(), "10".to_string()),
-                ("X-RateLimit-Remaining".to_string(), "0".to_string()),
-                ("X-RateLimit-Reset".to_string(), "1700000002".to_string()),
-                ("Retry-After".to_string(), "1".to_string()),
+                ("X-RateLimit-Limit".into(), "10".to_string()),
+                ("X-RateLimit-Remaining".into(), "0".to_string()),
+                ("X-RateLimit-Reset".into(), "1700000002".to_string()),
+                ("Retry-After".into(), "1".to_string()),
             ]
         );
         let body: Value = serde_json::from_slice(&v.body(None)).unwrap();
@@ -264,10 +268,7 @@ mod tests {
         let v = Verdict::unavailable(FailMode::Closed, 5, HeaderFormat::Legacy);
         assert!(!v.allowed);
         assert_eq!(v.status, 503);
-        assert_eq!(
-            v.headers,
-            vec![("Retry-After".to_string(), "1".to_string())]
-        );
+        assert_eq!(v.headers, vec![("Retry-After".into(), "1".to_string())]);
         let body: Value = serde_json::from_slice(&v.body(None)).unwrap();
         assert_eq!(body["error"], "rate_limiter_unavailable");
         assert_eq!(body["reason"], "backend_unavailable");

@@ -37,7 +37,7 @@
 //! slot is created empty at configure time, which runs on the main thread before any worker serves
 //! traffic; the request path only creates a slot if that somehow did not happen.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 use ratewall_core::algorithm::CellState;
 use ratewall_core::clock::Micros;
@@ -69,39 +69,55 @@ pub trait SharedData {
     fn set(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), SetError>;
 }
 
-/// One stored cell.
+/// One stored cell (borrowed from the slot's bytes until it changes: no copy per cell read).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Entry {
-    key: String,
+struct Entry<'a> {
+    key: Cow<'a, str>,
     expires_at: Micros,
-    state: Vec<u8>,
+    state: Cow<'a, [u8]>,
 }
 
 /// A decoded slot.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Slot {
+struct Slot<'a> {
     lock: u64,
-    entries: Vec<Entry>,
+    entries: Vec<Entry<'a>>,
 }
 
-impl Slot {
-    fn decode(bytes: &[u8]) -> Option<Slot> {
+impl<'a> Slot<'a> {
+    fn decode(bytes: &'a [u8]) -> Option<Slot<'a>> {
         let mut r = Reader(bytes);
         let lock = r.u64()?;
         let mut entries = Vec::new();
         while !r.0.is_empty() {
             let klen = usize::from(r.u16()?);
-            let key = std::str::from_utf8(r.take(klen)?).ok()?.to_string();
+            let key = std::str::from_utf8(r.take(klen)?).ok()?;
             let expires_at = r.u64()?;
             let slen = usize::try_from(r.u32()?).ok()?;
-            let state = r.take(slen)?.to_vec();
+            let state = r.take(slen)?;
             entries.push(Entry {
-                key,
+                key: Cow::Borrowed(key),
                 expires_at,
-                state,
+                state: Cow::Borrowed(state),
             });
         }
         Some(Slot { lock, entries })
+    }
+
+    /// A copy that no longer borrows the bytes it was decoded from.
+    fn into_owned(self) -> Slot<'static> {
+        Slot {
+            lock: self.lock,
+            entries: self
+                .entries
+                .into_iter()
+                .map(|e| Entry {
+                    key: Cow::Owned(e.key.into_owned()),
+                    expires_at: e.expires_at,
+                    state: Cow::Owned(e.state.into_owned()),
+                })
+                .collect(),
+        }
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -147,11 +163,17 @@ impl Slot {
         before - self.entries.len()
     }
 
-    /// Store `key`'s new state, evicting the live entry closest to expiry (never one of
-    /// `protected`) when the slot is full. Returns whether a live entry was evicted.
-    fn put(&mut self, key: &str, state: Vec<u8>, expires_at: Micros, protected: &[&str]) -> bool {
+    /// Store `key`'s new state, evicting the live entry closest to expiry (never a `protected`
+    /// one) when the slot is full. Returns whether a live entry was evicted.
+    fn put(
+        &mut self,
+        key: &'a str,
+        state: Vec<u8>,
+        expires_at: Micros,
+        protected: &dyn Fn(&str) -> bool,
+    ) -> bool {
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
-            e.state = state;
+            e.state = Cow::Owned(state);
             e.expires_at = expires_at;
             return false;
         }
@@ -161,7 +183,7 @@ impl Slot {
                 .entries
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| !protected.contains(&e.key.as_str()))
+                .filter(|(_, e)| !protected(&e.key))
                 .min_by_key(|(_, e)| e.expires_at)
                 .map(|(i, _)| i);
             if let Some(i) = victim {
@@ -170,9 +192,9 @@ impl Slot {
             }
         }
         self.entries.push(Entry {
-            key: key.to_string(),
+            key: Cow::Borrowed(key),
             expires_at,
-            state,
+            state: Cow::Owned(state),
         });
         evicted
     }
@@ -206,6 +228,12 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// An absent slot (not created) or one this version cannot read (written by a future format) is
+/// treated as empty; the write that follows replaces it.
+fn slot_of_bytes(value: Option<&[u8]>) -> Slot<'_> {
+    value.and_then(Slot::decode).unwrap_or_default()
+}
+
 /// FNV-1a 64 of a cell key: picks its slot (same on every worker).
 fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -234,6 +262,15 @@ pub struct SweepStats {
     pub reclaimed: u32,
     /// Stale locks released.
     pub stale_locks: u32,
+}
+
+/// Plans with their slots: see [`SlotTable::prepare`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    /// The plans, in order.
+    pub plans: Vec<Plan>,
+    /// `(slot index, shared-data key)` of every slot the plans touch, ascending, no repeats.
+    slots: Vec<(u32, String)>,
 }
 
 /// The slot table of one configuration.
@@ -292,39 +329,59 @@ impl SlotTable {
         plans: &[Plan],
         now: &dyn Fn() -> Micros,
     ) -> Result<(Decision, CheckStats), StoreError> {
-        let mut stats = CheckStats::default();
-        let mut slot_ids: Vec<u32> = plans
+        self.check_prepared(host, &self.prepare(plans.to_vec()), now)
+    }
+
+    /// The plans of a request with their slots worked out (the slot indexes and shared-data keys),
+    /// so a caller that sees the same identity again can keep it (see [`crate::PlanCache`]).
+    pub fn prepare(&self, plans: Vec<Plan>) -> Prepared {
+        let mut ids: Vec<u32> = plans
             .iter()
             .flat_map(|p| p.cells.iter().map(|c| self.slot_of(&c.key)))
             .collect();
-        slot_ids.sort_unstable();
-        slot_ids.dedup();
-        match slot_ids.as_slice() {
+        ids.sort_unstable();
+        ids.dedup();
+        let slots = ids.into_iter().map(|i| (i, self.slot_key(i))).collect();
+        Prepared { plans, slots }
+    }
+
+    /// [`SlotTable::check`] of prepared plans.
+    pub fn check_prepared(
+        &self,
+        host: &dyn SharedData,
+        prepared: &Prepared,
+        now: &dyn Fn() -> Micros,
+    ) -> Result<(Decision, CheckStats), StoreError> {
+        let mut stats = CheckStats::default();
+        let plans = &prepared.plans;
+        match prepared.slots.as_slice() {
             [] => Ok((Decision::unlimited(now()), stats)),
-            [one] => self.check_one(host, *one, plans, now, &mut stats),
+            [(one, key)] => self.check_one(host, *one, key, plans, now, &mut stats),
             many => self.check_locked(host, many, plans, now, &mut stats),
         }
     }
 
-    fn read(&self, host: &dyn SharedData, key: &str) -> Result<(Slot, Option<u32>), StoreError> {
-        let (value, cas) = host.get(key).map_err(StoreError::transient)?;
-        // An absent slot (not created) or one this version cannot read (written by a future
-        // format) is treated as empty; the write that follows replaces it.
-        let slot = value.as_deref().and_then(Slot::decode).unwrap_or_default();
-        Ok((slot, cas))
+    /// A slot's bytes and CAS token; decode with [`slot_of_bytes`].
+    fn read(
+        &self,
+        host: &dyn SharedData,
+        key: &str,
+    ) -> Result<(Option<Vec<u8>>, Option<u32>), StoreError> {
+        host.get(key).map_err(StoreError::transient)
     }
 
     fn check_one(
         &self,
         host: &dyn SharedData,
         id: u32,
+        key: &str,
         plans: &[Plan],
         now: &dyn Fn() -> Micros,
         stats: &mut CheckStats,
     ) -> Result<(Decision, CheckStats), StoreError> {
-        let key = self.slot_key(id);
         for _ in 0..MAX_ATTEMPTS {
-            let (mut slot, cas) = self.read(host, &key)?;
+            let (bytes, cas) = self.read(host, key)?;
+            let mut slot = slot_of_bytes(bytes.as_deref());
             let t = now();
             if slot.locked_by_other(t) {
                 stats.retries += 1;
@@ -336,7 +393,7 @@ impl SlotTable {
             if !decision.allowed {
                 return Ok((decision, *stats));
             }
-            match host.set(&key, &slots[0].1.encode(), cas) {
+            match host.set(key, &slots[0].1.encode(), cas) {
                 Ok(()) => return Ok((decision, *stats)),
                 Err(SetError::CasMismatch) => stats.retries += 1,
                 Err(SetError::Host(e)) => return Err(StoreError::transient(e)),
@@ -350,15 +407,15 @@ impl SlotTable {
     fn check_locked(
         &self,
         host: &dyn SharedData,
-        ids: &[u32],
+        ids: &[(u32, String)],
         plans: &[Plan],
         now: &dyn Fn() -> Micros,
         stats: &mut CheckStats,
     ) -> Result<(Decision, CheckStats), StoreError> {
-        let mut held: Vec<(u32, Slot)> = Vec::with_capacity(ids.len());
-        for &id in ids {
-            match self.lock(host, id, now, stats) {
-                Ok(slot) => held.push((id, slot)),
+        let mut held: Vec<(u32, Slot<'_>)> = Vec::with_capacity(ids.len());
+        for (id, key) in ids {
+            match self.lock(host, key, now, stats) {
+                Ok(slot) => held.push((*id, slot)),
                 Err(e) => {
                     self.unlock_all(host, &mut held);
                     return Err(e);
@@ -376,21 +433,21 @@ impl SlotTable {
     fn lock(
         &self,
         host: &dyn SharedData,
-        id: u32,
+        key: &str,
         now: &dyn Fn() -> Micros,
         stats: &mut CheckStats,
-    ) -> Result<Slot, StoreError> {
-        let key = self.slot_key(id);
+    ) -> Result<Slot<'static>, StoreError> {
         for _ in 0..MAX_ATTEMPTS {
-            let (mut slot, cas) = self.read(host, &key)?;
+            let (bytes, cas) = self.read(host, key)?;
+            let mut slot = slot_of_bytes(bytes.as_deref());
             let t = now();
             if slot.locked_by_other(t) {
                 stats.retries += 1;
                 continue;
             }
             slot.lock = t.max(1);
-            match host.set(&key, &slot.encode(), cas) {
-                Ok(()) => return Ok(slot),
+            match host.set(key, &slot.encode(), cas) {
+                Ok(()) => return Ok(slot.into_owned()),
                 Err(SetError::CasMismatch) => stats.retries += 1,
                 Err(SetError::Host(e)) => return Err(StoreError::transient(e)),
             }
@@ -400,7 +457,7 @@ impl SlotTable {
         )))
     }
 
-    fn unlock_all(&self, host: &dyn SharedData, held: &mut [(u32, Slot)]) {
+    fn unlock_all(&self, host: &dyn SharedData, held: &mut [(u32, Slot<'_>)]) {
         for (id, slot) in held.iter_mut() {
             slot.lock = 0;
             // A failed unlock write leaves a lock that is taken over after STALE_LOCK_US.
@@ -446,29 +503,29 @@ impl SlotTable {
 
 /// Run the plans in order over the loaded slots at `now`; when every plan admits, write the new
 /// cells into the slots (pruning expired entries, evicting if full). Denied: slots untouched.
-fn decide(
-    held: &mut [(u32, Slot)],
+fn decide<'a>(
+    held: &mut [(u32, Slot<'a>)],
     table: &SlotTable,
-    plans: &[Plan],
+    plans: &'a [Plan],
     now: Micros,
     stats: &mut CheckStats,
 ) -> Decision {
-    let load = |held: &[(u32, Slot)], key: &str| -> Option<CellState> {
+    let load = |held: &[(u32, Slot<'a>)], key: &str| -> Option<CellState> {
         let id = table.slot_of(key);
         held.iter()
             .find(|(i, _)| *i == id)
             .and_then(|(_, s)| s.state(key))
     };
-    // New states so far, by cell key, with the cell's limit (for its expiry).
-    let mut working: HashMap<&str, (CellState, ratewall_core::config::rate::Limit)> =
-        HashMap::new();
+    // New states so far, by cell key, with the cell's limit (for its expiry). A request has a
+    // handful of cells, so a vector beats a hash map (and keeps hashbrown code out of the module).
+    let mut working: Vec<(&'a str, CellState, ratewall_core::config::rate::Limit)> = Vec::new();
     let mut best: Option<Decision> = None;
     for plan in plans {
         let states: Vec<Option<CellState>> = plan
             .cells
             .iter()
-            .map(|c| match working.get(c.key.as_str()) {
-                Some((s, _)) => Some(s.clone()),
+            .map(|c| match working.iter().find(|w| w.0 == c.key) {
+                Some((_, s, _)) => Some(s.clone()),
                 None => load(held, &c.key),
             })
             .collect();
@@ -477,7 +534,13 @@ fn decide(
             return decision;
         };
         for (cell, state) in plan.cells.iter().zip(new_states) {
-            working.insert(cell.key.as_str(), (state, cell.limit));
+            match working.iter_mut().find(|w| w.0 == cell.key) {
+                Some(w) => {
+                    w.1 = state;
+                    w.2 = cell.limit;
+                }
+                None => working.push((cell.key.as_str(), state, cell.limit)),
+            }
         }
         best = match best {
             Some(b) if fewer_left(&b, &decision) => Some(b),
@@ -487,8 +550,8 @@ fn decide(
     for (_, slot) in held.iter_mut() {
         slot.prune(now);
     }
-    let protected: Vec<&str> = working.keys().copied().collect();
-    for (key, (state, limit)) in &working {
+    let protected = |k: &str| working.iter().any(|w| w.0 == k);
+    for (key, state, limit) in &working {
         let id = table.slot_of(key);
         if let Some((_, slot)) = held.iter_mut().find(|(i, _)| *i == id) {
             let expires_at = state.expires_at(limit);
@@ -514,6 +577,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use ratewall_core::config::{LimiterConfig, RequestContext};
+    use std::collections::HashMap;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -574,9 +638,10 @@ mod tests {
             lock: 42,
             ..Default::default()
         };
-        s.put("a", vec![1, 2, 3], 10, &[]);
-        s.put("b", vec![], 20, &[]);
-        assert_eq!(Slot::decode(&s.encode()), Some(s.clone()));
+        s.put("a", vec![1, 2, 3], 10, &|_| false);
+        s.put("b", vec![], 20, &|_| false);
+        let bytes = s.encode();
+        assert_eq!(Slot::decode(&bytes), Some(s.clone()));
         assert_eq!(Slot::decode(&[]), None);
         assert_eq!(Slot::decode(&[0; 7]), None);
         let mut bad = s.encode();
@@ -593,15 +658,16 @@ mod tests {
 
     #[test]
     fn eviction_prefers_expired_then_soonest() {
+        let keys: Vec<String> = (0..SLOT_CAPACITY).map(|i| format!("k{i}")).collect();
         let mut s = Slot::default();
-        for i in 0..SLOT_CAPACITY {
-            s.put(&format!("k{i}"), vec![], 100 + i as u64, &[]);
+        for (i, k) in keys.iter().enumerate() {
+            s.put(k, vec![], 100 + i as u64, &|_| false);
         }
-        assert!(s.put("new", vec![], 1000, &["k0"]));
+        assert!(s.put("new", vec![], 1000, &|k| k == "k0"));
         assert!(s.entries.iter().any(|e| e.key == "k0"));
         assert!(!s.entries.iter().any(|e| e.key == "k1"));
         assert_eq!(s.prune(104), 4); // k0, k2, k3, k4
-        assert!(!s.put("k5", vec![9], 2000, &[]));
+        assert!(!s.put("k5", vec![9], 2000, &|_| false));
         assert_eq!(s.state("k5"), None); // not a CellState encoding
     }
 

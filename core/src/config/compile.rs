@@ -727,6 +727,15 @@ fn clean(s: Option<&str>) -> Option<&str> {
 }
 
 impl Policy {
+    /// Whether no limit is configured, so every plan has no cells.
+    pub fn is_empty(&self) -> bool {
+        self.by_user.is_none()
+            && self.by_user_per_server.is_none()
+            && self.by_tenant.is_none()
+            && self.by_tool.is_empty()
+            && self.limits.is_empty()
+    }
+
     /// The algorithm of every cell.
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm

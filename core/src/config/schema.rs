@@ -111,12 +111,86 @@ pub fn split_and_parse(
             return Err(ConfigError::new(&k, format!("unknown key {k:?}{hint}")));
         }
     }
-    let raw: RawConfig = serde_path_to_error::deserialize(serde_json::Value::Object(core))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            ConfigError::new(&path, e.into_inner().to_string())
-        })?;
+    let core = serde_json::Value::Object(core);
+    let raw = parse_raw(&core)?;
     Ok((raw, extra))
+}
+
+/// Deserialize the core's keys; a type error names the path of the value at fault
+/// (`by_tool.echo`, `limits[0].rate`) through `serde_path_to_error`.
+#[cfg(feature = "path-to-error")]
+fn parse_raw(core: &serde_json::Value) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(core).map_err(|e| {
+        let path = e.path().to_string();
+        ConfigError::new(&path, e.into_inner().to_string())
+    })
+}
+
+/// Deserialize the core's keys; a type error names the path of the value at fault
+/// (`by_tool.echo`, `limits[0].rate`), found by re-checking the parts of the failing key (same
+/// paths and messages as `serde_path_to_error`, without its code in size-sensitive builds such as
+/// the wasm filter).
+#[cfg(not(feature = "path-to-error"))]
+fn parse_raw(core: &serde_json::Value) -> Result<RawConfig, ConfigError> {
+    RawConfig::deserialize(core).map_err(|e| ConfigError::new(&error_path(core), e.to_string()))
+}
+
+/// The path of the first value (in deserialization order) that does not fit the schema.
+#[cfg(any(not(feature = "path-to-error"), test))]
+fn error_path(core: &serde_json::Value) -> String {
+    use serde_json::Value;
+    fn fits<T: serde::de::DeserializeOwned>(v: &Value) -> bool {
+        T::deserialize(v).is_ok()
+    }
+    let Value::Object(map) = core else {
+        return ".".to_string();
+    };
+    for (k, v) in map {
+        let mut one = serde_json::Map::new();
+        one.insert(k.clone(), v.clone());
+        if fits::<RawConfig>(&Value::Object(one)) {
+            continue;
+        }
+        match (k.as_str(), v) {
+            ("by_tool", Value::Object(tools)) => {
+                for (tool, rate) in tools {
+                    if !fits::<String>(rate) {
+                        return format!("by_tool.{tool}");
+                    }
+                }
+            }
+            ("limits", Value::Array(limits)) => {
+                for (i, l) in limits.iter().enumerate() {
+                    if fits::<RawDescriptorLimit>(l) {
+                        continue;
+                    }
+                    if let Value::Object(fields) = l {
+                        for (f, fv) in fields {
+                            let ok = match (f.as_str(), fv) {
+                                ("name" | "rate", _) => fits::<String>(fv),
+                                ("descriptors", Value::Array(ds)) => {
+                                    if let Some(j) = ds.iter().position(|d| !fits::<String>(d)) {
+                                        return format!("limits[{i}].descriptors[{j}]");
+                                    }
+                                    true
+                                }
+                                ("descriptors", _) => false,
+                                // an unknown field: reported at the field
+                                _ => false,
+                            };
+                            if !ok {
+                                return format!("limits[{i}].{f}");
+                            }
+                        }
+                    }
+                    return format!("limits[{i}]");
+                }
+            }
+            _ => {}
+        }
+        return k.clone();
+    }
+    ".".to_string()
 }
 
 fn kind_of(v: &serde_json::Value) -> &'static str {
@@ -127,5 +201,46 @@ fn kind_of(v: &serde_json::Value) -> &'static str {
         serde_json::Value::String(_) => "a string",
         serde_json::Value::Array(_) => "a list",
         serde_json::Value::Object(_) => "a mapping",
+    }
+}
+
+#[cfg(all(test, feature = "path-to-error"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The locator used without `path-to-error` gives serde_path_to_error's path and message.
+    #[test]
+    fn error_path_matches_serde_path_to_error() {
+        let cases = [
+            r#"{"by_user": 5}"#,
+            r#"{"by_user": "5/s", "by_tenant": true}"#,
+            r#"{"by_tool": [1]}"#,
+            r#"{"by_tool": {"a": "1/s", "b": 5}}"#,
+            r#"{"by_tool": {"a": null}}"#,
+            r#"{"limits": {}}"#,
+            r#"{"limits": [5]}"#,
+            r#"{"limits": [{"name": "k", "descriptors": ["a"], "rate": "5/s", "extra": 1}]}"#,
+            r#"{"limits": [{"name": "k", "descriptors": ["a"], "rate": "5/s"}, {"name": 1, "descriptors": ["a"], "rate": "5/s"}]}"#,
+            r#"{"limits": [{"name": "k", "descriptors": ["a", 2], "rate": "5/s"}]}"#,
+            r#"{"limits": [{"name": "k", "descriptors": "a", "rate": "5/s"}]}"#,
+            r#"{"limits": [{"name": "k", "rate": "5/s"}]}"#,
+            r#"{"limits": [{"name": "k", "descriptors": ["a"], "rate": 1.5}]}"#,
+            r#"{"limits": [{"aaa": 1, "name": 5}]}"#,
+            r#"{"redis_timeout_ms": -1}"#,
+            r#"{"redis_timeout_ms": 1.5}"#,
+            r#"{"redis_cluster": "yes"}"#,
+            r#"{"memory_max_keys": "many", "by_user": 3}"#,
+        ];
+        for case in cases {
+            let v: serde_json::Value = serde_json::from_str(case).unwrap();
+            let want = serde_path_to_error::deserialize::<_, RawConfig>(&v).unwrap_err();
+            let got = RawConfig::deserialize(&v).unwrap_err();
+            assert_eq!(
+                (error_path(&v), got.to_string()),
+                (want.path().to_string(), want.into_inner().to_string()),
+                "{case}"
+            );
+        }
     }
 }
