@@ -1,8 +1,10 @@
-//! The benchmark floor: a trivial axum handler on the same runtime and HTTP stack as
-//! ratewall-server, answering `POST /check` and `/authz` with a fixed small JSON body without
+//! The benchmark floor: a trivial axum handler on the same runtime and HTTP serving loop as
+//! ratewall-server (`ratewall_server::serve_router`), answering `POST /check` and `/authz` with a fixed small JSON body without
 //! reading the request. `loadtest/service_bench.py` loads it in the same run as ratewall-server.
 //!
 //! `cargo run --release -p ratewall-server --example floor -- 127.0.0.1:18999`
+
+use std::time::Duration;
 
 use axum::http::header;
 use axum::routing::{any, post};
@@ -26,5 +28,11 @@ async fn main() -> std::io::Result<()> {
         .route("/healthz", any(trivial));
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("floor listening on http://{addr}");
-    axum::serve(listener, app).await
+    ratewall_server::serve_router(
+        app,
+        listener,
+        Duration::from_secs(5),
+        Duration::from_secs(30),
+    )
+    .await
 }

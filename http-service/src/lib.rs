@@ -26,21 +26,38 @@ use state::AppState;
 /// SIGHUP and, if `watch_config`, when the file changes. Request headers must arrive within
 /// `request_timeout_ms` (as configured at start-up), so idle half-open requests cannot pile up.
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioIo, TokioTimer};
-    use hyper_util::server::graceful::GracefulShutdown;
-    use hyper_util::service::TowerToHyperService;
-
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("ratewall-server listening on http://{addr}");
     spawn_reloaders(state.clone());
     let settings = state.runtime().loaded.service.clone();
+    serve_router(
+        app(state),
+        listener,
+        settings.request_timeout,
+        settings.shutdown_timeout,
+    )
+    .await
+}
+
+/// The HTTP/1.1 serving loop under [`serve`] (also used by the benchmark's floor handler, so both
+/// run on the same stack): TCP_NODELAY, header read timeout, graceful shutdown on SIGTERM/SIGINT.
+pub async fn serve_router(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    header_timeout: Duration,
+    shutdown_timeout: Duration,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::server::graceful::GracefulShutdown;
+    use hyper_util::service::TowerToHyperService;
+
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(settings.request_timeout)
+        .header_read_timeout(header_timeout)
         .keep_alive(true);
-    let service = TowerToHyperService::new(app(state));
+    let service = TowerToHyperService::new(router);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
     let signal = loop {
@@ -71,9 +88,9 @@ pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> s
     tracing::info!(signal, "shutting down: finishing in-flight requests");
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(settings.shutdown_timeout) => {
+        _ = tokio::time::sleep(shutdown_timeout) => {
             tracing::warn!(
-                timeout_ms = settings.shutdown_timeout.as_millis() as u64,
+                timeout_ms = shutdown_timeout.as_millis() as u64,
                 "in-flight requests did not finish in time; exiting"
             );
         }
