@@ -24,8 +24,7 @@ pub mod shared;
 #[cfg(target_arch = "wasm32")]
 mod filter;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 use std::rc::Rc;
 
 use ratewall_core::config::{ContextError, Plan, Policy, RequestContext};
@@ -87,17 +86,19 @@ pub fn plans(
         .collect()
 }
 
-/// Entries kept by a [`PlanCache`] before it starts over.
+/// Entries of a [`PlanCache`].
 pub const PLAN_CACHE_ENTRIES: usize = 1024;
 
 /// The prepared plans ([`shared::Prepared`]) of recently seen requests, by identity and tool
-/// groups: a repeat caller skips building its cell keys and slot keys. Bounded: when
-/// [`PLAN_CACHE_ENTRIES`] are held the cache is emptied and refills with the current traffic.
+/// groups: a repeat caller skips building its cell keys and slot keys. Direct-mapped and bounded:
+/// [`PLAN_CACHE_ENTRIES`] entries, a key's FNV-1a hash picks its entry, and a new key replaces
+/// whatever held that entry (no probing, no rehash, nothing an adversary's keys can make slow).
 /// Plans depend only on the configuration and the request's identity, so a cache belongs to one
 /// configuration (and one worker: proxy-wasm contexts are single-threaded).
 #[derive(Debug, Default)]
 pub struct PlanCache {
-    map: HashMap<Vec<u8>, Rc<Prepared>, BuildHasherDefault<Fnv>>,
+    /// `PLAN_CACHE_ENTRIES` entries once used (allocated on first use).
+    entries: Vec<Option<(Vec<u8>, Rc<Prepared>)>>,
     /// Key buffer reused between lookups.
     key: Vec<u8>,
 }
@@ -113,25 +114,33 @@ impl PlanCache {
     ) -> Result<Rc<Prepared>, E> {
         self.key.clear();
         cache_key(&mut self.key, identity, groups);
-        if let Some(p) = self.map.get(self.key.as_slice()) {
-            return Ok(p.clone());
+        let mut h = Fnv::default();
+        h.write(&self.key);
+        let i = usize::try_from(h.finish() % PLAN_CACHE_ENTRIES as u64).unwrap_or(0);
+        if self.entries.len() != PLAN_CACHE_ENTRIES {
+            self.entries.resize(PLAN_CACHE_ENTRIES, None);
+        }
+        let Some(entry) = self.entries.get_mut(i) else {
+            return build().map(Rc::new);
+        };
+        if let Some((k, p)) = entry {
+            if *k == self.key {
+                return Ok(p.clone());
+            }
         }
         let p = Rc::new(build()?);
-        if self.map.len() >= PLAN_CACHE_ENTRIES {
-            self.map.clear();
-        }
-        self.map.insert(self.key.clone(), p.clone());
+        *entry = Some((self.key.clone(), p.clone()));
         Ok(p)
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.entries.iter().filter(|e| e.is_some()).count()
     }
 
     /// Whether the cache is empty.
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len() == 0
     }
 }
 
@@ -169,8 +178,7 @@ fn cache_key(out: &mut Vec<u8>, id: &Identity, groups: &[(Option<String>, u64)])
     }
 }
 
-/// FNV-1a 64: a small, fast hasher for the plan cache's short keys (no HashDoS concern worth a
-/// SipHash here: the cache is bounded and emptied when full).
+/// FNV-1a 64: a small, fast hash for the plan cache's short keys.
 #[derive(Debug, Clone, Copy)]
 pub struct Fnv(u64);
 
@@ -243,6 +251,43 @@ mod tests {
         };
         let g = groups(&Body::Opaque, &hdr);
         assert_eq!(g, vec![(Some("echo".into()), 1)]);
+    }
+
+    #[test]
+    fn plan_cache_hits_misses_and_bounds() {
+        let cfg = FilterConfig::from_bytes(br#"{"by_user": "10/s"}"#).unwrap();
+        let table = crate::shared::SlotTable::new(1024);
+        let mut cache = PlanCache::default();
+        let id = |u: &str| Identity {
+            user: Some(u.into()),
+            ..Default::default()
+        };
+        let g = vec![(None, 1)];
+        let mut builds = 0;
+        let mut get = |cache: &mut PlanCache, who: &Identity, g: &[(Option<String>, u64)]| {
+            cache
+                .get_or_build(who, g, || {
+                    builds += 1;
+                    plans(&cfg.limiter.policy, who, g).map(|p| table.prepare(p))
+                })
+                .unwrap()
+        };
+        let a = get(&mut cache, &id("alice"), &g);
+        let a2 = get(&mut cache, &id("alice"), &g);
+        assert!(Rc::ptr_eq(&a, &a2));
+        let b = get(&mut cache, &id("bob"), &g);
+        assert_ne!(a.plans, b.plans);
+        // the cost is part of the key
+        let a3 = get(&mut cache, &id("alice"), &[(None, 3)]);
+        assert_eq!(a3.plans[0].cost, 3);
+        for i in 0..5000 {
+            get(&mut cache, &id(&format!("u{i}")), &g);
+        }
+        assert!(builds >= 5003);
+        assert!(cache.len() <= PLAN_CACHE_ENTRIES);
+        // errors are returned, not cached
+        let r: Result<_, ()> = cache.get_or_build(&id("x"), &g, || Err(()));
+        assert!(r.is_err());
     }
 
     #[test]
