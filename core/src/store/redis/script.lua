@@ -159,21 +159,30 @@ local CHUNK = 128
 return {
   -- Drops expired entries from the front (an expired entry is indistinguishable from an absent
   -- one, so this never changes a decision) and reads what peek needs.
+  -- Reads only the oldest entry when nothing expired (the common case), then chunks that double
+  -- from 8 to CHUNK entries while expired entries remain.
   load = function(key, now, w)
     local start = 0
-    while true do
-      local chunk = redis.call('LRANGE', key, start, start + CHUNK - 1)
-      local k = 0
-      for j = 1, #chunk do
-        if tonumber(chunk[j]) + w <= now then
-          k = j
-        else
+    local first = redis.call('LINDEX', key, 0)
+    if first and tonumber(first) + w <= now then
+      local size = 8
+      while true do
+        local chunk = redis.call('LRANGE', key, start, start + size - 1)
+        local k = 0
+        for j = 1, #chunk do
+          if tonumber(chunk[j]) + w <= now then
+            k = j
+          else
+            break
+          end
+        end
+        start = start + k
+        if k < size then
           break
         end
-      end
-      start = start + k
-      if k < CHUNK then
-        break
+        if size < CHUNK then
+          size = size * 2
+        end
       end
     end
     if start > 0 then
