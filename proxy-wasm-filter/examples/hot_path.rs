@@ -87,17 +87,19 @@ fn main() {
     let mut sent = 0usize;
     for _ in 0..n {
         t += 2;
-        let all = headers.clone(); // the SDK hands over an owned copy
-        let find = |name: &str| {
-            all.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
+        // Two header lookups, as the filter does for this configuration: the SDK hands over an
+        // owned copy of each value found.
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+                .map(|v| String::from_utf8_lossy(&v).trim().to_string())
                 .filter(|s| !s.is_empty())
         };
         let id = Identity {
-            user: find(&cfg.user_header),
-            tenant: find(&cfg.tenant_header),
-            server: find(&cfg.server_header),
+            user: get(&cfg.user_header),
+            tenant: get(&cfg.tenant_header),
             ..Default::default()
         };
         let g = groups(&Body::Opaque, &id);
@@ -117,9 +119,9 @@ fn main() {
     let el = start.elapsed();
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs0;
     println!(
-        "{:.3} µs/request, {:.1} allocations/request ({} of them the SDK's header map copy; {sent})",
+        "{:.3} µs/request, {:.1} allocations/request (2 of them stand-ins for the SDK's copies of \
+         the user header and the slot; {sent})",
         el.as_secs_f64() * 1e6 / n as f64,
         allocs as f64 / n as f64,
-        1 + 2 * headers.len()
     );
 }
