@@ -5,7 +5,8 @@
 //! * single-key check per algorithm vs governor's keyed `check_key`;
 //! * a 3-dimension atomic check vs three governor keyed checks;
 //! * 10k and 1M distinct keys;
-//! * 2 threads on one key and on distinct keys (throughput of 2 threads vs 1).
+//! * 2 threads on one key, on their own key each, and on 1,024 distinct keys each (throughput of
+//!   2 threads vs 1), with governor on the same shapes.
 //!
 //! Both sides use a 1,000,000/s quota and their own system clocks, so both take the same
 //! allow/deny paths.
@@ -164,7 +165,10 @@ fn threads(c: &mut Criterion) {
         )
     };
     let one: Arc<Vec<Plan>> = Arc::new(vec![plan_for(&c1, "alice")]);
+    let own = |t: usize| -> Arc<Vec<Plan>> { Arc::new(vec![plan_for(&c1, &format!("own-{t}"))]) };
     for (name, sets) in [
+        ("one_thread_own_key", vec![own(0)]),
+        ("two_threads_own_keys", vec![own(0), own(1)]),
         ("one_thread_distinct_keys", vec![distinct(0)]),
         ("two_threads_distinct_keys", vec![distinct(0), distinct(1)]),
         ("one_thread_one_key", vec![one.clone()]),
@@ -173,6 +177,39 @@ fn threads(c: &mut Criterion) {
         let s = store(1_000_000);
         g.bench_function(name, |b| {
             b.iter_custom(|iters| threaded(&s, &sets, iters.max(2)))
+        });
+    }
+    // The same shape through governor: the reference for what a shared keyed map scales to.
+    let gkeys = |t: usize| -> Arc<Vec<String>> {
+        Arc::new((0..1024).map(|i| format!("user:t{t}-{i}")).collect())
+    };
+    let gown = |t: usize| -> Arc<Vec<String>> { Arc::new(vec![format!("user:own-{t}")]) };
+    for (name, sets) in [
+        ("governor_one_thread_own_key", vec![gown(0)]),
+        ("governor_two_threads_own_keys", vec![gown(0), gown(1)]),
+        ("governor_one_thread_distinct_keys", vec![gkeys(0)]),
+        (
+            "governor_two_threads_distinct_keys",
+            vec![gkeys(0), gkeys(1)],
+        ),
+    ] {
+        let gov = governor();
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let per = iters.max(2) / sets.len() as u64;
+                let start = Instant::now();
+                std::thread::scope(|sc| {
+                    for keys in &sets {
+                        let (gov, keys) = (gov.clone(), keys.clone());
+                        sc.spawn(move || {
+                            for i in 0..per {
+                                black_box(gov.check_key(&keys[i as usize % keys.len()]).is_ok());
+                            }
+                        });
+                    }
+                });
+                start.elapsed()
+            })
         });
     }
     g.finish();

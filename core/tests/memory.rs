@@ -261,7 +261,7 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
 fn expired_entries_are_reclaimed_incrementally_without_a_sweep() {
     let cfg = config("{by_user: 5/s}");
     let clock = Arc::new(ManualClock::new(T0));
-    let s = MemoryStore::new(1_000_000, clock.clone());
+    let s = MemoryStore::new(4_096, clock.clone()); // 16 shards
     for i in 0..1_000 {
         let u = format!("a-{i}");
         s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())

@@ -14,7 +14,7 @@
 use crate::clock::Micros;
 use crate::config::rate::Limit;
 
-use super::{div_ceil, Outcome};
+use super::Outcome;
 
 /// GCRA state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub struct State {
 
 /// `(T, τ)` for a limit.
 fn params(limit: &Limit) -> (u64, u64) {
-    let t = div_ceil(limit.window_micros(), limit.count());
+    let t = limit.interval_micros();
     (t, t * limit.count())
 }
 

@@ -136,6 +136,7 @@ pub enum CellState {
 
 impl CellState {
     /// Would `cost` be admitted at `now`? (No mutation.)
+    #[inline]
     pub fn peek(&self, now: Micros, cost: u64, limit: &Limit) -> Outcome {
         match self {
             CellState::FixedWindow(s) => fixed_window::peek(s, now, cost, limit),
@@ -147,6 +148,7 @@ impl CellState {
     }
 
     /// Consume `cost` at `now`. Call only after [`CellState::peek`] admitted it.
+    #[inline]
     pub fn commit(&mut self, now: Micros, cost: u64, limit: &Limit) {
         match self {
             CellState::FixedWindow(s) => fixed_window::commit(s, now, cost, limit),

@@ -28,6 +28,9 @@ pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 pub struct Limit {
     count: u64,
     window_secs: u64,
+    /// `ceil(window_µs / count)`: GCRA's emission interval, computed once (a division per check
+    /// is measurable on the hot path).
+    interval_us: u64,
 }
 
 impl Limit {
@@ -46,7 +49,11 @@ impl Limit {
                 "window of {window_secs} s is outside 1 s ..= {MAX_WINDOW_SECS} s (366 days)"
             ));
         }
-        Ok(Self { count, window_secs })
+        Ok(Self {
+            count,
+            window_secs,
+            interval_us: (window_secs * 1_000_000).div_ceil(count),
+        })
     }
 
     /// Requests (units of cost) admitted per window.
@@ -57,6 +64,11 @@ impl Limit {
     /// Window length in seconds.
     pub fn window_secs(&self) -> u64 {
         self.window_secs
+    }
+
+    /// `ceil(window_micros / count)`: the emission interval of GCRA.
+    pub fn interval_micros(&self) -> u64 {
+        self.interval_us
     }
 
     /// Window length in microseconds (the algorithms' quantum).

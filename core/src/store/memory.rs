@@ -1,12 +1,13 @@
 //! The in-process memory store: sharded, exact, bounded.
 //!
-//! * **Concurrency.** Keys are spread over `SHARDS` mutex-protected maps. A request locks the
-//!   shards of its cells in ascending index order (so two requests can never deadlock), reads the
-//!   clock, peeks every cell, and commits every cell only if all admit: all-or-nothing and exact
-//!   (T threads on one key with limit L admit exactly L). There is no global lock and no
-//!   background thread; requests on different shards run in parallel.
-//! * **Bounds.** At most `max_keys` cells (rounded up to a multiple of `SHARDS`). Each insertion
-//!   first examines two entries under the shard's CLOCK hand and drops them if expired
+//! * **Concurrency.** Keys are spread over 16 to 256 mutex-protected maps (sized from
+//!   `max_keys`). A request locks the shards of its cells in ascending index order (so two
+//!   requests can never deadlock), reads the clock, peeks every cell, and commits every cell only
+//!   if all admit: all-or-nothing and exact (T threads on one key with limit L admit exactly L).
+//!   There is no global lock and no background thread; requests on different shards run in
+//!   parallel.
+//! * **Bounds.** At most `max_keys` cells (rounded up to a multiple of the shard count). Each
+//!   insertion first examines two entries under the shard's CLOCK hand and drops them if expired
 //!   (incremental reclamation, never a stop-the-world sweep). When a shard is full the hand
 //!   sweeps: expired entries are dropped, recently used ones get a second chance, and the first
 //!   cold live entry is evicted (CLOCK ≈ LRU). Reclaimed and evicted entries are counted.
@@ -31,10 +32,12 @@ use crate::clock::{Clock, Micros};
 use crate::config::Plan;
 use crate::decision::Decision;
 
-/// Number of shards (a power of two).
-pub const SHARDS: usize = 64;
-// The multi-cell path tracks involved shards in a `u64` bitmask.
-const _: () = assert!(SHARDS <= 64 && SHARDS.is_power_of_two());
+/// Most shards (a power of two, like every shard count).
+pub const MAX_SHARDS: usize = 256;
+/// Fewest shards.
+pub const MIN_SHARDS: usize = 16;
+/// Target capacity of one shard.
+const KEYS_PER_SHARD: usize = 256;
 
 /// Entries examined by the reclaiming hand on every insertion.
 const RECLAIM_STEPS: usize = 2;
@@ -81,6 +84,7 @@ struct Padded(Mutex<Shard>);
 pub struct MemoryStore {
     shards: Box<[Padded]>,
     per_shard: usize,
+    mask: usize,
     clock: Arc<dyn Clock>,
     hasher: FxBuildHasher,
     reclaimed: AtomicU64,
@@ -90,11 +94,15 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// A store holding at most `max_keys` cells (at least one per shard).
     pub fn new(max_keys: usize, clock: Arc<dyn Clock>) -> Self {
+        let shards = (max_keys / KEYS_PER_SHARD)
+            .next_power_of_two()
+            .clamp(MIN_SHARDS, MAX_SHARDS);
         Self {
-            shards: (0..SHARDS)
+            shards: (0..shards)
                 .map(|_| Padded(Mutex::new(Shard::default())))
                 .collect(),
-            per_shard: max_keys.div_ceil(SHARDS).max(1),
+            per_shard: max_keys.div_ceil(shards).max(1),
+            mask: shards - 1,
             clock,
             hasher: FxBuildHasher,
             reclaimed: AtomicU64::new(0),
@@ -123,7 +131,7 @@ impl MemoryStore {
     /// The key's hash (the one the shard maps use) and its shard.
     fn locate(&self, key: &str) -> (u64, usize) {
         let hash = self.hasher.hash_one(key);
-        (hash, ((hash >> 32) as usize) & (SHARDS - 1))
+        (hash, ((hash >> 32) as usize) & self.mask)
     }
 
     /// Drop expired entries under the hand; when `need_room`, continue until one entry is
@@ -191,6 +199,7 @@ impl MemoryStore {
         decision
     }
 
+    #[inline]
     fn commit(
         &self,
         shard: &mut Shard,
@@ -227,22 +236,23 @@ impl Store for MemoryStore {
             1 => return Ok(self.check_single(plan)),
             _ => {}
         }
-        // Shards involved, as a bitmask: locking in ascending bit order can never deadlock, and a
-        // shard's guard is found by counting the involved shards below it.
+        // Lock the involved shards in ascending index order (so two requests can never
+        // deadlock), each once.
         let mut located: Small<(u64, usize)> = Small::new();
-        let mut mask = 0u64;
+        let mut order: Small<usize> = Small::new();
         for c in &plan.cells {
             let (hash, sid) = self.locate(&c.key);
-            mask |= 1 << sid;
             located.push((hash, sid));
+            if !order.contains(&sid) {
+                order.push(sid);
+            }
         }
+        order.sort_unstable();
         let mut guards: Small<MutexGuard<'_, Shard>> = Small::new();
-        let mut rest = mask;
-        while rest != 0 {
-            guards.push(self.shards[rest.trailing_zeros() as usize].0.lock());
-            rest &= rest - 1;
+        for &sid in &order {
+            guards.push(self.shards[sid].0.lock());
         }
-        let slot = |sid: usize| (mask & ((1u64 << sid) - 1)).count_ones() as usize;
+        let slot = |sid: usize| order.iter().position(|&o| o == sid).unwrap_or(0);
         let now = self.clock.now_micros();
 
         let mut idxs: Small<Option<usize>> = Small::new();
