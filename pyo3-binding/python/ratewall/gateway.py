@@ -431,7 +431,7 @@ class RateLimiterPlugin(Plugin):
                 hook,
                 extra,
             )
-            return self._backend_unavailable(cls, extensions)
+            return self._backend_unavailable(cls, extensions, headers)
         if code == _BACKEND_OPEN:
             self._errors.warn(
                 "RateLimiterPlugin.%s: backend error; allowing request (fail_mode=open): %s",
@@ -454,13 +454,15 @@ class RateLimiterPlugin(Plugin):
             return cls(continue_processing=False, violation=violation)
         return cls(continue_processing=False, violation=violation, metadata=meta)
 
-    def _backend_unavailable(self, cls, extensions: Any = None):
+    def _backend_unavailable(self, cls, extensions: Any = None, headers: Any = None):
+        # `headers` is the core renderer's output for the engine's BackendUnavailable decision;
+        # only a failure outside the engine (no decision at all) falls back to the same value.
         violation = PluginViolation(
             reason="Rate limiter backend unavailable",
             description=_BACKEND_UNAVAILABLE_DESC,
             code="BACKEND_UNAVAILABLE",
             http_status_code=503,
-            http_headers={"Retry-After": "1"},
+            http_headers=headers or {"Retry-After": "1"},
             details={},
         )
         meta = self._meta(extensions, 0, 0)
