@@ -305,6 +305,19 @@ fn cost_above_limit_is_never_retryable() {
 }
 
 #[test]
+fn a_cost_that_overflows_the_arithmetic_is_still_denied() {
+    // 1/366d: GCRA's T = 3.16e13 µs; cost 583,345 would wrap `cost * T` below tau in u64.
+    for alg in Algorithm::ALL {
+        let l = Limit::new(1, 366 * 86_400).unwrap();
+        for cost in [583_345, 1_000_000, u64::MAX / 2] {
+            let o = alg.fresh_state().peek(T0, cost, &l);
+            assert!(!o.allowed, "{alg:?} cost {cost}");
+            assert_eq!(o.retry_at, None, "{alg:?} cost {cost}");
+        }
+    }
+}
+
+#[test]
 fn huge_counts_and_windows_do_not_overflow() {
     for alg in Algorithm::ALL {
         let w = if alg.needs_product_bound() {

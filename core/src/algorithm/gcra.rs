@@ -33,7 +33,8 @@ fn params(limit: &Limit) -> (u64, u64) {
 pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     let (t, tau) = params(limit);
     let tat0 = s.tat.max(now);
-    let new_tat = tat0 + cost * t;
+    // Saturating: a cost above the limit may overflow `cost T`; it never fits either way.
+    let new_tat = tat0.saturating_add(cost.saturating_mul(t));
     if new_tat <= now + tau {
         Outcome {
             allowed: true,

@@ -67,7 +67,8 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     let (i, p, k, e) = view(s, now, w);
     let weighted_prev = p * (w - e);
     let budget = l * w;
-    if weighted_prev + (k + cost) * w <= budget {
+    // Saturating: a cost above the limit may overflow `(k + c) W`; it never fits either way.
+    if weighted_prev.saturating_add((k + cost).saturating_mul(w)) <= budget {
         Outcome {
             allowed: true,
             remaining: (budget - weighted_prev - (k + cost) * w) / w,
