@@ -34,7 +34,8 @@ POLICY = {
 
 # (user, tenant, tool) per step: alice exhausts her 3/h, bob then uses the tool budget.
 STEPS = [("alice", "acme", "echo")] * 4 + [("bob", "acme", "ECHO ")] * 3
-TIME_FIELDS = {"Retry-After"}
+# Whole seconds counted from "now": a denied X-RateLimit-Reset is ceil(now + Retry-After).
+TIME_FIELDS = {"Retry-After", "X-RateLimit-Reset"}
 
 
 def free_port() -> int:

@@ -156,9 +156,6 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
             h.append(header_name(name), v);
         }
     }
-    if status == StatusCode::SERVICE_UNAVAILABLE && !h.contains_key(header::RETRY_AFTER) {
-        h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    }
     resp
 }
 

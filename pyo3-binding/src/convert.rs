@@ -129,8 +129,16 @@ pub fn to_python<'py>(
             let msg = e.message.as_str().into_pyobject(py)?.into_any();
             match fail_mode {
                 FailMode::Closed => {
+                    // The core's rendering of a BackendUnavailable decision (`Retry-After: 1`);
+                    // the 503 keeps it whatever the `headers` flavour, as the peer's does.
+                    let rendered = ratewall_core::headers::render(
+                        &ratewall_core::Decision::backend_unavailable(0),
+                        ratewall_core::config::HeaderFormat::Legacy,
+                    );
                     let hd = PyDict::new(py);
-                    hd.set_item(pyo3::intern!(py, "Retry-After"), "1")?;
+                    for (name, value) in &rendered {
+                        hd.set_item(*name, value)?;
+                    }
                     PyTuple::new(
                         py,
                         [
