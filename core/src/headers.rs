@@ -19,6 +19,17 @@ use std::fmt::Write;
 use crate::config::HeaderFormat;
 use crate::decision::{ceil_secs, Decision, DenyReason};
 
+/// Every header name [`render`] can produce (front ends that relay rendered headers from another
+/// process, e.g. the Envoy filter in remote mode, accept these and nothing else).
+pub const NAMES: [&str; 6] = [
+    "X-RateLimit-Limit",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "RateLimit-Policy",
+    "RateLimit",
+    "Retry-After",
+];
+
 /// Header name and value pairs, in a stable order.
 pub type Headers = Vec<(&'static str, String)>;
 

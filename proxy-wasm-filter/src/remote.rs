@@ -48,13 +48,13 @@ impl CheckRequest<'_> {
     }
 }
 
-/// A header value we are willing to forward: visible ASCII and spaces only (no CR/LF injection).
+/// A header we are willing to forward: one of the names the core renderer produces (so the
+/// service can never set `set-cookie`, `location`, ...), with visible ASCII and spaces only in
+/// the value (no CR/LF injection).
 fn safe_header(name: &str, value: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    ratewall_core::headers::NAMES
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(name))
         && value.len() <= 4096
         && value.bytes().all(|b| b == b' ' || b.is_ascii_graphic())
 }
@@ -134,7 +134,7 @@ mod tests {
         let ok = parse_check_response(
             Some(200),
             br#"{"allowed":true,"reason":null,"limit":5,"remaining":4,"reset":1700000060,"retry_after":null,
-                 "headers":[["X-RateLimit-Limit","5"],["X-RateLimit-Remaining","4"],["Bad\r\nName","x"],["X-Evil","a\r\nb"]],"dimensions":[]}"#,
+                 "headers":[["X-RateLimit-Limit","5"],["X-RateLimit-Remaining","4"],["Bad\r\nName","x"],["X-Evil","a\r\nb"],["Set-Cookie","s=1"],["RateLimit","\"u\";r=4;t=1\r\nX: y"]],"dimensions":[]}"#,
         )
         .unwrap();
         assert!(ok.allowed);
