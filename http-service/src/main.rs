@@ -21,7 +21,7 @@ struct Cli {
     #[arg(long)]
     check_config: bool,
     /// Log format: text or json (env RATEWALL_LOG_FORMAT; level from RUST_LOG, default info).
-    #[arg(long, env = "RATEWALL_LOG_FORMAT", default_value = "text")]
+    #[arg(long, env = "RATEWALL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
 }
 
