@@ -110,6 +110,22 @@ def test_mcp_batches_count_every_call(envoys, upstream):
     ]
 
 
+def test_batch_with_too_many_distinct_tools_is_refused(envoys, upstream):
+    cfg = {"by_user": "100/m"}
+    e = envoys(envoy_config([wasm_filter(cfg)], upstream))
+    h = {"x-user-id": "wide-batch"}
+    calls = [mcp_call(f"tool{i}", i) for i in range(33)]
+    r = post_json(e.url + "/mcp", calls, h)
+    assert r.status_code == 400, r.text
+    body = r.json()
+    assert isinstance(body, list) and len(body) == 33
+    assert "33 distinct tools" in body[0]["error"]["message"] + str(body[0]["error"].get("data"))
+    # nothing was consumed, and 32 distinct tools are fine
+    r = post_json(e.url + "/mcp", calls[:32], h)
+    assert r.status_code == 200
+    assert r.headers["x-ratelimit-remaining"] == "68"
+
+
 def test_oversized_and_malformed_bodies_skip_the_tool(envoys, upstream):
     cfg = {"by_user": "100/m", "by_tool": {"echo": "1/m"}, "max_body_bytes": 1024}
     e = envoys(envoy_config([wasm_filter(cfg)], upstream))

@@ -229,6 +229,16 @@ impl Http {
         if let Body::Mcp(req) = body {
             self.mcp = Some(req);
         }
+        if groups.len() > crate::MAX_BATCH_TOOLS {
+            // Each distinct tool is one decision (one shared-data slot lock set, or one remote
+            // call): bound the work one request can cause.
+            let msg = format!(
+                "the batch names {} distinct tools; at most {} are accepted",
+                groups.len(),
+                crate::MAX_BATCH_TOOLS
+            );
+            return self.apply(Verdict::invalid(msg), false);
+        }
         match (&cfg.mode, &self.table) {
             (Mode::Local(_), Some(table)) => {
                 let build = || {

@@ -47,6 +47,10 @@ pub struct Identity {
     pub descriptors: Vec<(String, String)>,
 }
 
+/// Most distinct tools one MCP batch may name; a larger batch is answered `400` (JSON-RPC
+/// `-32602`) without consuming anything.
+pub const MAX_BATCH_TOOLS: usize = 32;
+
 /// The calls of a request grouped by tool: `(tool, number of calls)`.
 ///
 /// An MCP body gives its calls' tools (each group is one plan, see [`plans`]); any other request
