@@ -23,7 +23,6 @@ use std::sync::Arc;
 use indexmap::map::RawEntryApiV1;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, MutexGuard};
-use rustc_hash::FxBuildHasher;
 use smallvec::SmallVec;
 
 use super::{Store, StoreError};
@@ -48,9 +47,12 @@ struct Entry {
     referenced: bool,
 }
 
-#[derive(Default)]
+/// Keyed with a per-store random seed: identities are untrusted, and an unseeded hash would let
+/// crafted ones pile into one shard (and force evictions there).
+type KeyHasher = foldhash::fast::RandomState;
+
 struct Shard {
-    map: IndexMap<Box<str>, Entry, FxBuildHasher>,
+    map: IndexMap<Box<str>, Entry, KeyHasher>,
     hand: usize,
 }
 
@@ -86,7 +88,7 @@ pub struct MemoryStore {
     per_shard: usize,
     mask: usize,
     clock: Arc<dyn Clock>,
-    hasher: FxBuildHasher,
+    hasher: KeyHasher,
     reclaimed: AtomicU64,
     evictions: AtomicU64,
 }
@@ -97,14 +99,21 @@ impl MemoryStore {
         let shards = (max_keys / KEYS_PER_SHARD)
             .next_power_of_two()
             .clamp(MIN_SHARDS, MAX_SHARDS);
+        // One seed for the store: the shard maps must hash exactly as `locate` does.
+        let hasher = KeyHasher::default();
         Self {
             shards: (0..shards)
-                .map(|_| Padded(Mutex::new(Shard::default())))
+                .map(|_| {
+                    Padded(Mutex::new(Shard {
+                        map: IndexMap::with_hasher(hasher.clone()),
+                        hand: 0,
+                    }))
+                })
                 .collect(),
             per_shard: max_keys.div_ceil(shards).max(1),
             mask: shards - 1,
             clock,
-            hasher: FxBuildHasher,
+            hasher,
             reclaimed: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
         }
