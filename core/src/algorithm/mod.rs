@@ -250,12 +250,6 @@ impl CellState {
     }
 }
 
-/// `ceil(a / b)` for `b > 0`.
-#[inline]
-pub(crate) fn div_ceil(a: u64, b: u64) -> u64 {
-    a.div_ceil(b)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,7 +18,7 @@
 use crate::clock::Micros;
 use crate::config::rate::Limit;
 
-use super::{div_ceil, Outcome};
+use super::Outcome;
 
 /// Token-bucket state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,7 +53,7 @@ fn refill(s: &State, now: Micros, limit: &Limit) -> (u64, u64) {
 /// µs until `need` more tokens have accrued, given the carried `rem`.
 fn time_for(need: u64, rem: u64, limit: &Limit) -> u64 {
     let w = limit.window_micros();
-    div_ceil((need * w).saturating_sub(rem), limit.count())
+    (need * w).saturating_sub(rem).div_ceil(limit.count())
 }
 
 /// See the module doc.

@@ -15,7 +15,7 @@ pub mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-use crate::algorithm::{CellState, Outcome};
+use crate::algorithm::CellState;
 use crate::clock::Micros;
 use crate::config::Plan;
 use crate::decision::Decision;
@@ -73,23 +73,17 @@ pub fn apply_batch(
     now: Micros,
     states: &[Option<CellState>],
 ) -> (Decision, Option<Vec<CellState>>) {
-    let fresh: Vec<CellState> = plan
-        .cells
-        .iter()
-        .map(|c| c.algorithm.fresh_state())
-        .collect();
-    let pick = |i: usize| -> &CellState {
-        match states.get(i).and_then(Option::as_ref) {
-            Some(s) if s.algorithm() == plan.cells[i].algorithm => s,
-            _ => &fresh[i],
-        }
+    // The stored state of cell `i`, if it belongs to the cell's algorithm (else: fresh).
+    let stored = |i: usize| -> Option<&CellState> {
+        states
+            .get(i)
+            .and_then(Option::as_ref)
+            .filter(|s| s.algorithm() == plan.cells[i].algorithm)
     };
-    let outcomes: Vec<Outcome> = plan
-        .cells
-        .iter()
-        .enumerate()
-        .map(|(i, c)| pick(i).peek(now, plan.cost, &c.limit))
-        .collect();
+    let outcomes = plan.cells.iter().enumerate().map(|(i, c)| match stored(i) {
+        Some(s) => s.peek(now, plan.cost, &c.limit),
+        None => c.algorithm.fresh_state().peek(now, plan.cost, &c.limit),
+    });
     let decision = Decision::combine(plan, now, outcomes);
     if !decision.allowed {
         return (decision, None);
@@ -99,7 +93,9 @@ pub fn apply_batch(
         .iter()
         .enumerate()
         .map(|(i, c)| {
-            let mut s = pick(i).clone();
+            let mut s = stored(i)
+                .cloned()
+                .unwrap_or_else(|| c.algorithm.fresh_state());
             s.commit(now, plan.cost, &c.limit);
             s
         })
