@@ -129,7 +129,11 @@ impl FilterConfig {
         let text = std::str::from_utf8(bytes)
             .map_err(|_| cerr("<root>", "the configuration is not UTF-8"))?;
         let text = if text.trim().is_empty() { "{}" } else { text };
-        let (limiter, extra) = LimiterConfig::from_json_str(text, EXTRA_KEYS)?;
+        // Parsed as bytes, like request bodies and check responses (`LimiterConfig::from_json_str`
+        // would link a second copy of serde_json's parser, for `&str` input); same message.
+        let value: Value = serde_json::from_slice(text.as_bytes())
+            .map_err(|e| cerr("<root>", format!("not valid JSON: {e}")))?;
+        let (limiter, extra) = LimiterConfig::from_json_value(value, EXTRA_KEYS)?;
         Self::build(limiter, extra)
     }
 
