@@ -30,11 +30,11 @@ pub struct CheckRequest<'a> {
 impl CheckRequest<'_> {
     /// The JSON body of `POST /check`.
     pub fn to_json(&self) -> Vec<u8> {
-        let descriptors: Map<String, Value> = self
-            .descriptors
-            .iter()
-            .map(|(k, v)| (k.clone(), json!(v)))
-            .collect();
+        // Inserted one by one: `collect()` into the map would link a sort for its bulk build.
+        let mut descriptors = Map::new();
+        for (k, v) in self.descriptors {
+            descriptors.insert(k.clone(), Value::String(v.clone()));
+        }
         json!({
             "user": self.user,
             "tenant": self.tenant,
