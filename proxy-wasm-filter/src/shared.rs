@@ -335,12 +335,14 @@ impl SlotTable {
     /// The plans of a request with their slots worked out (the slot indexes and shared-data keys),
     /// so a caller that sees the same identity again can keep it (see [`crate::PlanCache`]).
     pub fn prepare(&self, plans: Vec<Plan>) -> Prepared {
-        let mut ids: Vec<u32> = plans
-            .iter()
-            .flat_map(|p| p.cells.iter().map(|c| self.slot_of(&c.key)))
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
+        // A handful of cells: kept sorted and unique by insertion (no sort routine linked).
+        let mut ids: Vec<u32> = Vec::new();
+        for c in plans.iter().flat_map(|p| &p.cells) {
+            let id = self.slot_of(&c.key);
+            if let Err(at) = ids.binary_search(&id) {
+                ids.insert(at, id);
+            }
+        }
         let slots = ids.into_iter().map(|i| (i, self.slot_key(i))).collect();
         Prepared { plans, slots }
     }
