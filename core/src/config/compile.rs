@@ -4,7 +4,6 @@
 //! context (user, tenant, server, tool, descriptors, cost) to the cells it must pass, in the
 //! tie-break order user, user_per_server, tenant, tool, descriptors.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::json;
@@ -90,17 +89,20 @@ pub struct PolicyName(&'static str);
 impl PolicyName {
     /// Intern `name` (each distinct name is allocated once per process).
     pub fn intern(name: &str) -> Self {
-        static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
-        let mut set = NAMES
+        // Sorted, without repeats (load time only; a configuration has few names).
+        static NAMES: OnceLock<Mutex<Vec<&'static str>>> = OnceLock::new();
+        let mut names = NAMES
             .get_or_init(Default::default)
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = set.get(name) {
-            return Self(s);
+        match names.binary_search(&name) {
+            Ok(i) => Self(names[i]),
+            Err(i) => {
+                let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
+                names.insert(i, leaked);
+                Self(leaked)
+            }
         }
-        let leaked: &'static str = Box::leak(name.to_owned().into_boxed_str());
-        set.insert(leaked);
-        Self(leaked)
     }
 
     /// The name.
@@ -303,7 +305,10 @@ pub struct Policy {
     by_user: Option<DimRate>,
     by_user_per_server: Option<DimRate>,
     by_tenant: Option<DimRate>,
-    by_tool: HashMap<String, DimRate>,
+    /// `(normalised tool, rate)`, sorted by tool, no repeats: a binary search is as fast as a hash
+    /// map for a configuration's tools, and needs no hasher (SipHash, random keys) nor table code
+    /// in size-sensitive builds (the wasm filter).
+    by_tool: Vec<(String, DimRate)>,
     limits: Vec<DescriptorLimit>,
 }
 
@@ -483,8 +488,7 @@ impl LimiterConfig {
         let by_user_per_server = dim("by_user_per_server", &raw.by_user_per_server)?;
         let by_tenant = dim("by_tenant", &raw.by_tenant)?;
 
-        let mut by_tool = HashMap::new();
-        let mut originals: HashMap<String, String> = HashMap::new();
+        let mut by_tool: Vec<(String, DimRate)> = Vec::new();
         for (name, text) in raw.by_tool.iter().flatten() {
             let path = format!("by_tool[{name:?}]");
             let norm = normalize_name(name);
@@ -492,14 +496,25 @@ impl LimiterConfig {
                 return Err(err(&path, "tool name is blank"));
             }
             let rate = rate_at(&path, text, algorithm)?;
-            if let Some(first) = originals.get(&norm) {
-                return Err(err(
-                    "by_tool",
-                    format!("duplicate key after normalisation: {first:?} and {name:?} both become {norm:?}"),
-                ));
-            }
-            originals.insert(norm.clone(), name.clone());
-            by_tool.insert(norm.clone(), DimRate::new(&format!("tool:{norm}"), &rate));
+            let at = match by_tool.binary_search_by(|(t, _)| t.as_str().cmp(&norm)) {
+                Err(at) => at,
+                Ok(_) => {
+                    // The earlier key (in the file's key order) with the same normalised name.
+                    let first = raw
+                        .by_tool
+                        .iter()
+                        .flatten()
+                        .map(|(k, _)| k)
+                        .find(|k| normalize_name(k) == norm)
+                        .unwrap_or(name);
+                    return Err(err(
+                        "by_tool",
+                        format!("duplicate key after normalisation: {first:?} and {name:?} both become {norm:?}"),
+                    ));
+                }
+            };
+            let rate = DimRate::new(&format!("tool:{norm}"), &rate);
+            by_tool.insert(at, (norm, rate));
         }
 
         let mut limits: Vec<DescriptorLimit> = Vec::new();
@@ -751,9 +766,18 @@ impl Policy {
         self.by_user_per_server.is_some()
     }
 
+    /// The `by_tool` rate of a normalised tool name.
+    fn tool_rate(&self, normalized: &str) -> Option<&DimRate> {
+        self.by_tool
+            .binary_search_by(|(t, _)| t.as_str().cmp(normalized))
+            .ok()
+            .and_then(|i| self.by_tool.get(i))
+            .map(|(_, r)| r)
+    }
+
     /// Whether the normalised tool name has a `by_tool` limit.
     pub fn has_tool(&self, normalized: &str) -> bool {
-        self.by_tool.contains_key(normalized)
+        self.tool_rate(normalized).is_some()
     }
 
     /// The descriptor names any descriptor limit reads (for packagings that extract them).
@@ -825,7 +849,7 @@ impl Policy {
         if let Some(tool) = ctx.tool {
             if !self.by_tool.is_empty() {
                 let norm = normalize_name(tool);
-                if let Some(r) = self.by_tool.get(&norm) {
+                if let Some(r) = self.tool_rate(&norm) {
                     let dk = DimKey::Tool(&norm);
                     push_cells(&mut cells, r, DimensionKind::Tool, p, tenant, a, dk);
                 }
