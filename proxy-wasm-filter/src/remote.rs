@@ -6,7 +6,7 @@
 //! core renderer's output, passed through unchanged. Any other status, a body that is not such an
 //! object, a timeout or a dispatch error is a backend failure: the filter applies `fail_mode`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::response::Verdict;
 
@@ -30,21 +30,24 @@ pub struct CheckRequest<'a> {
 impl CheckRequest<'_> {
     /// The JSON body of `POST /check`.
     pub fn to_json(&self) -> Vec<u8> {
+        // Values built directly (no `json!`: it goes through serde's `Value` serializer).
         // Inserted one by one: `collect()` into the map would link a sort for its bulk build.
         let mut descriptors = Map::new();
         for (k, v) in self.descriptors {
             descriptors.insert(k.clone(), Value::String(v.clone()));
         }
-        json!({
-            "user": self.user,
-            "tenant": self.tenant,
-            "tool": self.tool,
-            "server": self.server,
-            "descriptors": descriptors,
-            "cost": self.cost.max(1),
-        })
-        .to_string()
-        .into_bytes()
+        let mut body = Map::new();
+        for (key, value) in [
+            ("user", self.user),
+            ("tenant", self.tenant),
+            ("tool", self.tool),
+            ("server", self.server),
+        ] {
+            body.insert(key.into(), Value::from(value));
+        }
+        body.insert("descriptors".into(), Value::Object(descriptors));
+        body.insert("cost".into(), Value::from(self.cost.max(1)));
+        Value::Object(body).to_string().into_bytes()
     }
 }
 
@@ -109,6 +112,7 @@ pub fn parse_check_response(status: Option<u32>, body: &[u8]) -> Result<Verdict,
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn request_body() {

@@ -18,7 +18,7 @@ use std::borrow::Cow;
 use ratewall_core::config::{FailMode, HeaderFormat};
 use ratewall_core::decision::ceil_secs;
 use ratewall_core::{headers, Decision, DenyReason};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::mcp::McpRequest;
 
@@ -118,7 +118,7 @@ impl Verdict {
     /// The fields shared by both body shapes.
     fn data(&self) -> Map<String, Value> {
         let mut m = Map::new();
-        m.insert("reason".into(), json!(self.reason));
+        m.insert("reason".into(), Value::from(self.reason.clone()));
         for (k, v) in [
             ("retry_after", self.retry_after),
             ("limit", self.limit),
@@ -126,7 +126,7 @@ impl Verdict {
             ("reset", self.reset),
         ] {
             if let Some(v) = v {
-                m.insert(k.into(), json!(v));
+                m.insert(k.into(), Value::from(v));
             }
         }
         m
@@ -138,15 +138,13 @@ impl Verdict {
         let value = match mcp {
             None => {
                 let mut m = Map::new();
-                m.insert(
-                    "error".into(),
-                    json!(match self.status {
-                        503 => "rate_limiter_unavailable",
-                        400 => "bad_request",
-                        _ => "rate_limited",
-                    }),
-                );
-                m.insert("message".into(), json!(message));
+                let error = match self.status {
+                    503 => "rate_limiter_unavailable",
+                    400 => "bad_request",
+                    _ => "rate_limited",
+                };
+                m.insert("error".into(), Value::from(error));
+                m.insert("message".into(), Value::String(message));
                 m.extend(self.data());
                 Value::Object(m)
             }
@@ -156,12 +154,17 @@ impl Verdict {
                 } else {
                     JSONRPC_RATE_LIMITED
                 };
+                // Values built directly (no `json!`: it goes through serde's `Value` serializer).
                 let error = |id: &Value| {
-                    json!({
-                        "jsonrpc": "2.0",
-                        "id": id,
-                        "error": {"code": code, "message": message, "data": Value::Object(self.data())},
-                    })
+                    let mut error = Map::new();
+                    error.insert("code".into(), Value::from(code));
+                    error.insert("message".into(), Value::String(message.clone()));
+                    error.insert("data".into(), Value::Object(self.data()));
+                    let mut reply = Map::new();
+                    reply.insert("jsonrpc".into(), Value::from("2.0"));
+                    reply.insert("id".into(), id.clone());
+                    reply.insert("error".into(), Value::Object(error));
+                    Value::Object(reply)
                 };
                 if req.batch {
                     let mut errors: Vec<Value> = req.ids.iter().map(error).collect();
@@ -187,6 +190,7 @@ mod tests {
     use crate::mcp::{parse_body, Body};
     use ratewall_core::algorithm::Outcome;
     use ratewall_core::config::{LimiterConfig, RequestContext};
+    use serde_json::json;
 
     fn denied() -> Decision {
         let (cfg, _) = LimiterConfig::from_json_str(r#"{"by_user": "10/s"}"#, &[]).unwrap();
