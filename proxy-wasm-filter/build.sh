@@ -6,6 +6,14 @@
 # environment variables, in a separate target dir so the workspace's release build is untouched),
 # then binaryen's `wasm-opt -Oz` (Debian package `binaryen`; installed here if missing and apt is
 # available, otherwise the unoptimised module is copied and a warning printed).
+#
+# The standard library is rebuilt for size: the stable toolchain's own std sources (rustup
+# component `rust-src`) are compiled with `-Z build-std`, std's `optimize_for_size` feature and
+# the `immediate-abort` panic strategy (a panic traps at once, as `panic=abort` already does, but
+# without linking the panic message formatting and printing). These are unstable options, enabled
+# on the stable toolchain with RUSTC_BOOTSTRAP=1. If that build fails (no rust-src, a toolchain
+# whose std no longer accepts the options, ...), or with RATEWALL_WASM_STABLE_STD=1, the modules
+# are built against the prebuilt std as before (with a warning; about 60 KB larger).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/ratewall-wasm
@@ -14,15 +22,40 @@ rustup target list --installed 2>/dev/null | grep -q wasm32-wasip1 || rustup tar
 if ! command -v wasm-opt >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get install -y -qq binaryen >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq binaryen >/dev/null; }) || true
 fi
-CARGO_TARGET_DIR=target/wasm-size \
-CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
-CARGO_PROFILE_RELEASE_LTO=fat \
-CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
-CARGO_PROFILE_RELEASE_STRIP=true \
-CARGO_PROFILE_RELEASE_PANIC=abort \
-  cargo build --release -p ratewall-filter -p ratewall-noop-filter --target wasm32-wasip1
+export CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
+  CARGO_PROFILE_RELEASE_LTO=fat \
+  CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+  CARGO_PROFILE_RELEASE_STRIP=true \
+  CARGO_PROFILE_RELEASE_PANIC=abort
+PACKAGES=(-p ratewall-filter -p ratewall-noop-filter --target wasm32-wasip1)
+
+build_std_for_size() {
+  local sysroot
+  sysroot=$(rustc --print sysroot) || return 1
+  if [ ! -f "$sysroot/lib/rustlib/src/rust/library/Cargo.lock" ]; then
+    rustup component add rust-src >/dev/null 2>&1 || return 1
+  fi
+  # Own target dir: std built with other flags must not evict the prebuilt-std build's cache.
+  CARGO_TARGET_DIR=target/wasm-size-std \
+  RUSTC_BOOTSTRAP=1 \
+  RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort" \
+    cargo build --release "${PACKAGES[@]}" \
+      -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
+}
+
+if [ "${RATEWALL_WASM_STABLE_STD:-0}" != 1 ] && build_std_for_size; then
+  BUILT=target/wasm-size-std/wasm32-wasip1/release
+else
+  if [ "${RATEWALL_WASM_STABLE_STD:-0}" != 1 ]; then
+    echo "warning: building std for size (RUSTC_BOOTSTRAP=1 cargo -Z build-std) failed;" \
+      "building against the prebuilt std (module about 60 KB larger, panics print their message)" >&2
+  fi
+  CARGO_TARGET_DIR=target/wasm-size cargo build --release "${PACKAGES[@]}"
+  BUILT=target/wasm-size/wasm32-wasip1/release
+fi
+
 for name in ratewall_filter ratewall_noop_filter; do
-  in=target/wasm-size/wasm32-wasip1/release/$name.wasm
+  in=$BUILT/$name.wasm
   if command -v wasm-opt >/dev/null; then
     # rustc >= 1.87 emits bulk-memory and sign-ext operations for wasm32-wasip1 (V8 runs them).
     wasm-opt -Oz --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
