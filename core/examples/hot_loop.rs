@@ -2,7 +2,7 @@
 //! GCRA checks and/or 200,000 three-dimension checks on the memory store, or the same through
 //! governor's keyed limiter (the baseline). Instruction counts are repeatable on a noisy machine.
 //!
-//! `cargo run --release -p ratewall-core --example hot_loop [one|three|governor|governor3]`
+//! `cargo run --release -p ratewall-core --example hot_loop [one|three|distinct|governor|governor3]`
 use std::sync::Arc;
 
 use ratewall_core::clock::SystemClock;
@@ -41,6 +41,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             for k in &keys[..n] {
                 allowed += u64::from(gov.check_key(k).is_ok());
             }
+        }
+        println!("allowed {allowed}");
+        return Ok(());
+    }
+    if which == "distinct" {
+        // One thread cycling over 1,024 single-cell keys (the `threads/*distinct_keys` shape).
+        let plans = (0..1024)
+            .map(|i| {
+                let user = format!("t0-{i}");
+                let mut p = cfg.policy.plan(&RequestContext {
+                    user: Some(&user),
+                    ..Default::default()
+                })?;
+                p.cells.truncate(1);
+                Ok(p)
+            })
+            .collect::<Result<Vec<_>, ratewall_core::config::ContextError>>()?;
+        for i in 0..200_000 {
+            allowed += u64::from(store.check(&plans[i % plans.len()])?.allowed);
         }
         println!("allowed {allowed}");
         return Ok(());

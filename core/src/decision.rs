@@ -115,48 +115,83 @@ impl Decision {
     /// Combine one outcome per cell of `plan` (same order) into a decision.
     #[inline(always)]
     pub fn combine(plan: &Plan, now: Micros, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
-        let mut dimensions = Dimensions::new();
+        let mut d = Self::pending(now, plan.cost);
         for (c, o) in plan.cells.iter().zip(outcomes) {
-            dimensions.push(DimensionResult {
-                dimension: c.dimension,
-                name: c.name,
-                limit: c.limit,
-                outcome: o,
-            });
+            d.push(c.dimension, c.name, c.limit, o);
         }
-        Self::from_results(dimensions, now, plan.cost)
+        d.settle();
+        d
     }
 
     /// Combine per-cell results (plan order) into a decision.
     #[inline(always)]
     pub fn from_results(dimensions: Dimensions, now: Micros, cost: u64) -> Self {
-        if dimensions.is_empty() {
-            return Self::unlimited(now);
-        }
-        let allowed = dimensions.iter().all(|d| d.outcome.allowed);
-        let mut d = Self {
-            allowed,
+        let mut d = Self::pending(now, cost);
+        d.dimensions = dimensions;
+        d.settle();
+        d
+    }
+
+    /// An empty decision to [`push`](Self::push) results into, then [`settle`](Self::settle).
+    /// Stores build the decision in place this way (no per-cell scratch vector moved into it).
+    #[inline(always)]
+    pub fn pending(now: Micros, cost: u64) -> Self {
+        Self {
+            allowed: true,
             reason: None,
             now,
             reported: None,
             retry_at: None,
             retry_after_secs: None,
-            dimensions,
+            dimensions: Dimensions::new(),
             cost,
-        };
-        if allowed {
+        }
+    }
+
+    /// Append the result of the next cell (plan order).
+    #[inline(always)]
+    pub fn push(
+        &mut self,
+        dimension: DimensionKind,
+        name: PolicyName,
+        limit: Limit,
+        outcome: Outcome,
+    ) {
+        self.dimensions.push(DimensionResult {
+            dimension,
+            name,
+            limit,
+            outcome,
+        });
+    }
+
+    /// Decide from the pushed results: allowed iff every cell admits; pick the reported cell
+    /// and, when denied, `retry_at` / `Retry-After` (module docs). No results: unlimited.
+    #[inline(always)]
+    pub fn settle(&mut self) {
+        self.reason = None;
+        self.reported = None;
+        self.retry_at = None;
+        self.retry_after_secs = None;
+        if self.dimensions.is_empty() {
+            self.allowed = true;
+            self.cost = 1;
+            return;
+        }
+        self.allowed = self.dimensions.iter().all(|d| d.outcome.allowed);
+        if self.allowed {
             let mut best = 0;
-            for (i, r) in d.dimensions.iter().enumerate() {
-                if r.outcome.remaining < d.dimensions[best].outcome.remaining {
+            for (i, r) in self.dimensions.iter().enumerate() {
+                if r.outcome.remaining < self.dimensions[best].outcome.remaining {
                     best = i;
                 }
             }
-            d.reported = Some(best);
-            return d;
+            self.reported = Some(best);
+            return;
         }
         let mut never = None;
         let mut latest: Option<(usize, Micros)> = None;
-        for (i, r) in d.dimensions.iter().enumerate() {
+        for (i, r) in self.dimensions.iter().enumerate() {
             if r.outcome.allowed {
                 continue;
             }
@@ -172,15 +207,14 @@ impl Decision {
             }
         }
         if let Some(i) = never {
-            d.reason = Some(DenyReason::CostExceedsLimit);
-            d.reported = Some(i);
+            self.reason = Some(DenyReason::CostExceedsLimit);
+            self.reported = Some(i);
         } else if let Some((i, t)) = latest {
-            d.reason = Some(DenyReason::Limited);
-            d.reported = Some(i);
-            d.retry_at = Some(t);
-            d.retry_after_secs = Some(ceil_secs(t.saturating_sub(now)).max(1));
+            self.reason = Some(DenyReason::Limited);
+            self.reported = Some(i);
+            self.retry_at = Some(t);
+            self.retry_after_secs = Some(ceil_secs(t.saturating_sub(self.now)).max(1));
         }
-        d
     }
 
     /// The reported cell, if any.

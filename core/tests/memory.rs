@@ -242,7 +242,7 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     assert_eq!(st.keys + st.evictions + st.reclaimed, 5_000, "{st:?}");
     assert!(st.evictions > 0);
     // After every entry expired, new keys reclaim expired ones instead of evicting live ones.
-    clock.advance_millis(2_000);
+    clock.advance_millis(3_000);
     let before = s.stats();
     for i in 0..3_000 {
         let u = format!("other-{i}");
@@ -267,7 +267,7 @@ fn expired_entries_are_reclaimed_incrementally_without_a_sweep() {
         s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
             .unwrap();
     }
-    clock.advance_millis(1_500);
+    clock.advance_millis(2_500); // expired (≤ 1 s) and past the reclaim grace (1 s)
     for i in 0..1_000 {
         let u = format!("b-{i}");
         s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
@@ -280,6 +280,40 @@ fn expired_entries_are_reclaimed_incrementally_without_a_sweep() {
     );
     assert!(st.keys <= 1_200, "{st:?}");
     assert_eq!(st.evictions, 0);
+}
+
+#[test]
+fn recently_expired_entries_are_kept_and_reused_not_reallocated() {
+    // Cells of a 1,000,000/s limit expire a microsecond after each request; keys that return
+    // within the 1 s reclaim grace keep their entry (no free + re-insert on every visit).
+    let cfg = config("{algorithm: gcra, by_user: 1000000/s}");
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = MemoryStore::new(4_096, clock.clone());
+    let plans: Vec<_> = (0..1_000)
+        .map(|i| {
+            cfg.policy
+                .plan(&ctx(&format!("u-{i}"), None, None))
+                .unwrap()
+        })
+        .collect();
+    for round in 0..3 {
+        for p in &plans {
+            clock.advance_nanos(10_000);
+            assert!(s.check(p).unwrap().allowed);
+        }
+        let st = s.stats();
+        assert_eq!((st.keys, st.reclaimed), (1_000, 0), "round {round}: {st:?}");
+    }
+    // Past the grace, new keys reclaim them.
+    clock.advance_millis(1_100);
+    for i in 0..1_000 {
+        let p = cfg
+            .policy
+            .plan(&ctx(&format!("v-{i}"), None, None))
+            .unwrap();
+        assert!(s.check(&p).unwrap().allowed);
+    }
+    assert!(s.stats().reclaimed >= 800, "{:?}", s.stats());
 }
 
 #[test]

@@ -8,7 +8,7 @@
 //!   parallel.
 //! * **Bounds.** At most `max_keys` cells (rounded up to a multiple of the shard count). Each
 //!   insertion first examines two entries under the shard's CLOCK hand and drops them if expired
-//!   (incremental reclamation, never a stop-the-world sweep). When a shard is full the hand
+//!   for a second or more (incremental reclamation, never a stop-the-world sweep). When a shard is full the hand
 //!   sweeps: expired entries are dropped, recently used ones get a second chance, and the first
 //!   cold live entry is evicted (CLOCK ≈ LRU). Reclaimed and evicted entries are counted.
 //! * An expired entry is indistinguishable from an absent one (see
@@ -23,7 +23,6 @@ use std::sync::Arc;
 use indexmap::map::RawEntryApiV1;
 use indexmap::IndexMap;
 use parking_lot::{Mutex, MutexGuard};
-use smallvec::SmallVec;
 
 use super::{Store, StoreError};
 use crate::algorithm::CellState;
@@ -40,6 +39,13 @@ const KEYS_PER_SHARD: usize = 256;
 
 /// Entries examined by the reclaiming hand on every insertion.
 const RECLAIM_STEPS: usize = 2;
+
+/// The incremental reclaim only drops entries expired for at least this long (1 s). An expired
+/// entry decides like an absent one either way; the grace keeps a key that returns within a
+/// second (e.g. a 1,000,000/s limit, whose cells expire a microsecond after each request) from
+/// being freed and re-allocated on every visit. A full shard still drops expired entries first,
+/// with no grace.
+const RECLAIM_GRACE_US: Micros = 1_000_000;
 
 struct Entry {
     state: CellState,
@@ -66,9 +72,6 @@ pub struct MemoryStats {
     /// Live cells evicted because the store was full.
     pub evictions: u64,
 }
-
-/// Inline storage for per-cell scratch data (no allocation for up to 4 cells).
-type Small<T> = SmallVec<[T; 4]>;
 
 /// Index of `key` in the shard, using the already computed hash.
 fn index_of(shard: &Shard, hash: u64, key: &str) -> Option<usize> {
@@ -160,7 +163,12 @@ impl MemoryStore {
             let Some((_, e)) = shard.map.get_index_mut(shard.hand) else {
                 break;
             };
-            if e.expires_at <= now {
+            let reclaimable = if need_room {
+                e.expires_at <= now
+            } else {
+                e.expires_at.saturating_add(RECLAIM_GRACE_US) <= now
+            };
+            if reclaimable {
                 shard.map.swap_remove_index(shard.hand);
                 self.reclaimed.fetch_add(1, Ordering::Relaxed);
                 if need_room {
@@ -237,39 +245,85 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    #[inline(always)]
-    fn check(&self, plan: &Plan) -> Result<Decision, StoreError> {
-        match plan.cells.len() {
-            0 => return Ok(Decision::unlimited(self.clock.now_micros())),
-            1 => return Ok(self.check_single(plan)),
-            _ => {}
+/// Per-cell scratch of a multi-cell check.
+#[derive(Clone, Copy, Default)]
+struct Scratch {
+    /// The key's hash.
+    hash: u64,
+    /// Its shard.
+    shard: usize,
+    /// Index of its shard's guard (position of `shard` in the ascending lock order).
+    guard: usize,
+    /// Index of the key in its shard's map, if present.
+    idx: Option<usize>,
+}
+
+/// Plans with at most this many cells use stack scratch (no allocation); larger ones a vector.
+const INLINE_CELLS: usize = 4;
+
+impl MemoryStore {
+    /// Check a plan of two or more cells: lock the involved shards in ascending index order
+    /// (so two requests can never deadlock), each once; peek every cell; commit all or none.
+    /// `decision` is filled in place (returning it by value cost a 432-byte copy per check).
+    fn check_multi(&self, plan: &Plan, decision: &mut Decision) {
+        let n = plan.cells.len();
+        if n <= INLINE_CELLS {
+            let mut scratch = [Scratch::default(); INLINE_CELLS];
+            let mut order = [0usize; INLINE_CELLS];
+            let mut guards: [Option<MutexGuard<'_, Shard>>; INLINE_CELLS] =
+                [const { None }; INLINE_CELLS];
+            self.check_cells(
+                plan,
+                &mut scratch[..n],
+                &mut order[..n],
+                &mut guards[..n],
+                decision,
+            );
+        } else {
+            let mut scratch = vec![Scratch::default(); n];
+            let mut order = vec![0usize; n];
+            let mut guards: Vec<Option<MutexGuard<'_, Shard>>> = (0..n).map(|_| None).collect();
+            self.check_cells(plan, &mut scratch, &mut order, &mut guards, decision);
         }
-        // Lock the involved shards in ascending index order (so two requests can never
-        // deadlock), each once.
-        let mut located: Small<(u64, usize)> = Small::new();
-        let mut order: Small<usize> = Small::new();
-        for c in &plan.cells {
-            let (hash, sid) = self.locate(&c.key);
-            located.push((hash, sid));
-            if !order.contains(&sid) {
-                order.push(sid);
-            }
+    }
+
+    /// [`Self::check_multi`] over caller-provided scratch slices (each `plan.cells.len()` long).
+    #[inline(always)]
+    fn check_cells<'s>(
+        &'s self,
+        plan: &Plan,
+        scratch: &mut [Scratch],
+        order: &mut [usize],
+        guards: &mut [Option<MutexGuard<'s, Shard>>],
+        decision: &mut Decision,
+    ) {
+        for ((s, o), c) in scratch.iter_mut().zip(order.iter_mut()).zip(&plan.cells) {
+            (s.hash, s.shard) = self.locate(&c.key);
+            *o = s.shard;
         }
         order.sort_unstable();
-        let mut guards: Small<MutexGuard<'_, Shard>> = Small::new();
-        for &sid in &order {
-            guards.push(self.shards[sid].0.lock());
+        // Deduplicate in place: `order[..m]` holds each involved shard once, ascending.
+        let mut m = 0;
+        for i in 0..order.len() {
+            if m == 0 || order[i] != order[m - 1] {
+                order[m] = order[i];
+                m += 1;
+            }
         }
-        let slot = |sid: usize| order.iter().position(|&o| o == sid).unwrap_or(0);
+        for (g, &sid) in guards.iter_mut().zip(&order[..m]) {
+            *g = Some(self.shards[sid].0.lock());
+        }
+        for s in scratch.iter_mut() {
+            s.guard = order[..m].iter().position(|&o| o == s.shard).unwrap_or(0);
+        }
         let now = self.clock.now_micros();
-
-        let mut idxs: Small<Option<usize>> = Small::new();
-        let mut results = crate::decision::Dimensions::new();
-        for (cell, &(hash, sid)) in plan.cells.iter().zip(&located) {
-            let shard = &guards[slot(sid)];
-            let idx = index_of(shard, hash, &cell.key);
-            let outcome = match idx.and_then(|i| shard.map.get_index(i)) {
+        decision.now = now;
+        for (cell, s) in plan.cells.iter().zip(scratch.iter_mut()) {
+            let Some(shard) = guards[s.guard].as_deref() else {
+                continue; // unreachable: every involved shard is locked above
+            };
+            s.idx = index_of(shard, s.hash, &cell.key);
+            let outcome = match s.idx.and_then(|i| shard.map.get_index(i)) {
                 Some((_, e)) if e.state.algorithm() == cell.algorithm => {
                     e.state.peek(now, plan.cost, &cell.limit)
                 }
@@ -278,29 +332,37 @@ impl Store for MemoryStore {
                     .fresh_state()
                     .peek(now, plan.cost, &cell.limit),
             };
-            idxs.push(idx);
-            results.push(crate::decision::DimensionResult {
-                dimension: cell.dimension,
-                name: cell.name,
-                limit: cell.limit,
-                outcome,
-            });
+            decision.push(cell.dimension, cell.name, cell.limit, outcome);
         }
-        let decision = Decision::from_results(results, now, plan.cost);
+        decision.settle();
         if decision.allowed {
             // Existing entries first (their indices stay valid), then insertions (which may
             // reclaim or evict and so move indices).
-            for ((cell, &(_, sid)), idx) in plan.cells.iter().zip(&located).zip(&idxs) {
-                if idx.is_some() {
-                    self.commit(&mut guards[slot(sid)], *idx, cell, plan.cost, now);
+            for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+                if let (Some(_), Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+                    self.commit(shard, s.idx, cell, plan.cost, now);
                 }
             }
-            for ((cell, &(_, sid)), idx) in plan.cells.iter().zip(&located).zip(&idxs) {
-                if idx.is_none() {
-                    self.commit(&mut guards[slot(sid)], None, cell, plan.cost, now);
+            for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+                if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+                    self.commit(shard, None, cell, plan.cost, now);
                 }
             }
         }
-        Ok(decision)
+    }
+}
+
+impl Store for MemoryStore {
+    #[inline(always)]
+    fn check(&self, plan: &Plan) -> Result<Decision, StoreError> {
+        Ok(match plan.cells.len() {
+            0 => Decision::unlimited(self.clock.now_micros()),
+            1 => self.check_single(plan),
+            _ => {
+                let mut decision = Decision::pending(0, plan.cost);
+                self.check_multi(plan, &mut decision);
+                decision
+            }
+        })
     }
 }
