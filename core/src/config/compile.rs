@@ -4,6 +4,7 @@
 //! context (user, tenant, server, tool, descriptors, cost) to the cells it must pass, in the
 //! tie-break order user, user_per_server, tenant, tool, descriptors.
 
+use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 
 use serde_json::json;
@@ -343,17 +344,23 @@ fn enum_value<T: Copy>(
 ) -> Result<T, ConfigError> {
     let Some(v) = value else { return Ok(default) };
     let norm = v.trim().to_ascii_lowercase();
-    choices
-        .iter()
-        .find(|(name, _)| *name == norm)
-        .map(|(_, t)| *t)
-        .ok_or_else(|| {
-            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
-            err(
-                key,
-                format!("{v:?} is not valid; expected one of {}", names.join(", ")),
-            )
-        })
+    match choices.iter().find(|(name, _)| *name == norm) {
+        Some((_, t)) => Ok(*t),
+        None => Err(not_one_of(key, v, &mut choices.iter().map(|(n, _)| *n))),
+    }
+}
+
+/// `"<v>" is not valid; expected one of "a", "b"`: not generic, so the message is built by one
+/// copy of this code whatever the enum.
+fn not_one_of(key: &str, v: &str, names: &mut dyn Iterator<Item = &str>) -> ConfigError {
+    let mut list = String::new();
+    for n in names {
+        if !list.is_empty() {
+            list.push_str(", ");
+        }
+        let _ = write!(list, "{n:?}");
+    }
+    err(key, format!("{v:?} is not valid; expected one of {list}"))
 }
 
 fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
