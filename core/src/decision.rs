@@ -57,6 +57,22 @@ pub struct DimensionResult {
     pub outcome: Outcome,
 }
 
+impl DimensionResult {
+    /// Whole seconds until this cell is no longer in the way, relative to the decision's `now`:
+    /// for an admitting cell, until its usage is fully restored (`ceil((reset_at - now) / 1 s)`);
+    /// for a denying cell, until it admits the request (`ceil((retry_at - now) / 1 s)`, at least
+    /// 1), or `None` if it never can (`cost > limit`). Front ends report this per dimension.
+    pub fn reset_in_secs(&self, now: Micros) -> Option<u64> {
+        if self.outcome.allowed {
+            Some(ceil_secs(self.outcome.reset_at.saturating_sub(now)))
+        } else {
+            self.outcome
+                .retry_at
+                .map(|t| ceil_secs(t.saturating_sub(now)).max(1))
+        }
+    }
+}
+
 /// The verdict on one request, with per-dimension detail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -229,6 +245,14 @@ impl Decision {
             (false, Some(s)) => Some(self.now + s * 1_000_000),
             _ => self.reported().map(|r| r.outcome.reset_at.max(self.now)),
         }
+    }
+
+    /// The `X-RateLimit-Reset` value: [`Self::reset_at`] in whole Unix seconds, rounded up;
+    /// `None` when no cell is reported (no limit applied, or the backend failed). The `reset`
+    /// field of `/check` answers.
+    pub fn reset_at_secs(&self) -> Option<u64> {
+        self.reported()?;
+        self.reset_at().map(ceil_secs)
     }
 
     /// Remaining units of the reported cell.

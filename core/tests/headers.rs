@@ -121,3 +121,33 @@ fn policy_names_are_safe_inside_structured_field_strings() {
     let h = render(&s.check(&plan).unwrap(), HeaderFormat::Ietf);
     assert_eq!(get(&h, "RateLimit-Policy"), Some("\"tool:__x\";q=5;w=1"));
 }
+
+#[test]
+fn reset_fields_agree_with_the_headers() {
+    // by_user 2/m denies the third request at T0 = ...20.25 s; the tool's 5/s admits it.
+    let (d, _) = run("{by_user: 2/m, by_tool: {echo: 5/s}}", 3);
+    for x in &d {
+        let h = render(x, HeaderFormat::Legacy);
+        let reset = get(&h, "X-RateLimit-Reset").map(|v| v.parse::<u64>().unwrap());
+        assert_eq!(x.reset_at_secs(), reset);
+    }
+    // Per dimension: the user's cell denies for 39.75 s (reported as 40), the tool's 5/s cell
+    // restores within a second (rounded up to 1).
+    let denied = &d[2];
+    assert!(!denied.allowed);
+    let per: Vec<_> = denied
+        .dimensions
+        .iter()
+        .map(|r| (r.outcome.allowed, r.reset_in_secs(denied.now)))
+        .collect();
+    assert_eq!(per, vec![(false, Some(40)), (true, Some(1))]);
+    // A backend failure reports no cell: no reset, only Retry-After.
+    let down = Decision::backend_unavailable(denied.now);
+    assert_eq!(down.reset_at_secs(), None);
+    // cost > limit can never pass: no per-dimension reset either.
+    let (c, _) = run("{by_user: 2/m}", 1);
+    let mut plan_cost = c[0].clone();
+    plan_cost.dimensions[0].outcome.allowed = false;
+    plan_cost.dimensions[0].outcome.retry_at = None;
+    assert_eq!(plan_cost.dimensions[0].reset_in_secs(plan_cost.now), None);
+}

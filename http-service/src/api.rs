@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
 use ratewall_core::config::RequestContext;
-use ratewall_core::decision::{ceil_secs, Decision};
+use ratewall_core::decision::Decision;
 use ratewall_core::headers::{self, Headers};
 use ratewall_core::DenyReason;
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
         reason: d.reason.map(DenyReason::as_str),
         limit: rep.map(|r| r.limit.count()),
         remaining: d.remaining(),
-        reset: rep.and(d.reset_at()).map(ceil_secs),
+        reset: d.reset_at_secs(),
         retry_after: if d.allowed { None } else { d.retry_after_secs },
         headers: &rendered,
         dimensions: d

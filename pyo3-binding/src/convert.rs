@@ -16,7 +16,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use ratewall_core::config::{ContextError, FailMode};
-use ratewall_core::decision::{ceil_secs, Decision};
+use ratewall_core::decision::Decision;
 use ratewall_core::headers::Headers;
 use ratewall_core::store::StoreError;
 
@@ -58,18 +58,10 @@ fn details<'py>(py: Python<'py>, d: &Decision) -> PyResult<Bound<'py, PyDict>> {
         e.set_item("limit", r.limit.count())?;
         e.set_item("window", r.limit.window_secs())?;
         e.set_item("remaining", r.outcome.remaining)?;
+        e.set_item("reset_in", r.reset_in_secs(d.now))?;
         if r.outcome.allowed {
-            e.set_item(
-                "reset_in",
-                ceil_secs(r.outcome.reset_at.saturating_sub(d.now)),
-            )?;
             allowed.append(e)?;
         } else {
-            let retry = r
-                .outcome
-                .retry_at
-                .map(|t| ceil_secs(t.saturating_sub(d.now)).max(1));
-            e.set_item("reset_in", retry)?;
             violated.append(e)?;
         }
     }
