@@ -8,12 +8,13 @@
 # available, otherwise the unoptimised module is copied and a warning printed).
 #
 # The standard library is rebuilt for size: the stable toolchain's own std sources (rustup
-# component `rust-src`) are compiled with `-Z build-std`, std's `optimize_for_size` feature and
-# the `immediate-abort` panic strategy (a panic traps at once, as `panic=abort` already does, but
-# without linking the panic message formatting and printing). These are unstable options, enabled
-# on the stable toolchain with RUSTC_BOOTSTRAP=1. If that build fails (no rust-src, a toolchain
-# whose std no longer accepts the options, ...), or with RATEWALL_WASM_STABLE_STD=1, the modules
-# are built against the prebuilt std as before (with a warning; about 60 KB larger).
+# component `rust-src`) are compiled with `-Z build-std`, std's `optimize_for_size` feature, the
+# `immediate-abort` panic strategy (a panic traps at once, as `panic=abort` already does, but
+# without linking the code that formats and prints the panic message) and no source locations
+# (`-Zlocation-detail=none`; only panic messages would print them). These are unstable options,
+# enabled on the stable toolchain with RUSTC_BOOTSTRAP=1. If that build fails (no rust-src, a
+# toolchain whose std no longer accepts the options, ...), or with RATEWALL_WASM_STABLE_STD=1, the
+# modules are built against the prebuilt std as before (with a warning; about 60 KB larger).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=target/ratewall-wasm
@@ -38,7 +39,7 @@ build_std_for_size() {
   # Own target dir: std built with other flags must not evict the prebuilt-std build's cache.
   CARGO_TARGET_DIR=target/wasm-size-std \
   RUSTC_BOOTSTRAP=1 \
-  RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort" \
+  RUSTFLAGS="${RUSTFLAGS:-} -Zunstable-options -Cpanic=immediate-abort -Zlocation-detail=none" \
     cargo build --release "${PACKAGES[@]}" \
       -Z build-std=std,panic_abort -Z build-std-features=optimize_for_size
 }
