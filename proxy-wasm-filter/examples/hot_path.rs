@@ -12,7 +12,7 @@ use std::time::Instant;
 use ratewall_filter::config::FilterConfig;
 use ratewall_filter::mcp::Body;
 use ratewall_filter::response::Verdict;
-use ratewall_filter::shared::{SetError, SharedData, SlotTable};
+use ratewall_filter::shared::{SetError, SharedData, SlotSeed, SlotTable};
 use ratewall_filter::{groups, plans, Identity, PlanCache};
 
 /// Counts allocations (the guest's allocator is a VM-side cost too).
@@ -65,7 +65,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
     let cfg = FilterConfig::from_bytes(br#"{"by_user": "1000000/s"}"#).unwrap();
-    let table = SlotTable::new(8192);
+    let table = SlotTable::new(8192, SlotSeed([7; 16]));
     let host = Mem::default();
     table.create_slots(&host).unwrap();
     let mut cache = PlanCache::default();

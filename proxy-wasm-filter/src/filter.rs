@@ -20,7 +20,7 @@ use crate::mcp::{parse_body, Body};
 use crate::remote::{parse_check_response, CheckRequest};
 use crate::response::Verdict;
 use crate::shared::{SetError, SharedData, SlotTable};
-use crate::{groups, plans, Identity, PlanCache};
+use crate::{groups, header_text, plans, Identity, PlanCache};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -88,18 +88,21 @@ impl RootContext for Root {
             warn!("ratewall: {w}");
         }
         if let Mode::Local(local) = &cfg.mode {
-            let table = SlotTable::new(local.max_keys);
-            match table.create_slots(&Host) {
-                Ok(n) if n > 0 => info!(
-                    "ratewall: created {n} of {} shared-data slots",
-                    table.slots()
-                ),
-                Ok(_) => {}
+            let table = match SlotTable::open(&Host, local.max_keys) {
+                Ok((table, n)) => {
+                    if n > 0 {
+                        info!(
+                            "ratewall: created {n} of {} shared-data slots",
+                            table.slots()
+                        );
+                    }
+                    table
+                }
                 Err(e) => {
-                    error!("ratewall: cannot create shared-data slots: {e}");
+                    error!("ratewall: cannot set up the shared-data slots: {e}");
                     return false;
                 }
-            }
+            };
             self.cursor = 0;
             self.table = Some(Rc::new(table));
             let period = Duration::from_millis(local.reclaim_interval_ms);
@@ -177,50 +180,58 @@ impl Http {
     /// Read the identity, method and path from one fetch of the request headers (one host call
     /// instead of one per header: every value the host returns costs a call back into the
     /// guest's allocator).
-    fn read_identity(&mut self, cfg: &FilterConfig, end_of_stream: bool) -> (String, String) {
+    /// An identity header that is not UTF-8 is an error naming it (the request gets a 400).
+    fn read_identity(
+        &mut self,
+        cfg: &FilterConfig,
+        end_of_stream: bool,
+    ) -> Result<(String, String), String> {
         if end_of_stream && cfg.needs_user_and_tenant_only() {
             // Two lookups (an absent header costs no copy into the VM) instead of the whole
             // map, which the SDK turns into two allocations per header.
-            let get = |name: &str| {
-                hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                    .ok()
-                    .flatten()
-                    .map(|v| String::from_utf8_lossy(&v).trim().to_string())
-                    .filter(|s| !s.is_empty())
+            let get = |name: &str| -> Result<Option<String>, String> {
+                match hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name) {
+                    Ok(Some(v)) => header_text(name, &v),
+                    _ => Ok(None),
+                }
             };
             self.identity = Identity {
-                user: get(&cfg.user_header),
-                tenant: get(&cfg.tenant_header),
+                user: get(&cfg.user_header)?,
+                tenant: get(&cfg.tenant_header)?,
                 ..Identity::default()
             };
-            return (String::new(), String::new());
+            return Ok((String::new(), String::new()));
         }
         let all = hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default();
-        let find = |name: &str| -> Option<String> {
-            all.iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| String::from_utf8_lossy(v).trim().to_string())
-                .filter(|s| !s.is_empty())
+        let find = |name: &str| -> Result<Option<String>, String> {
+            match all.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+                Some((_, v)) => header_text(name, v),
+                None => Ok(None),
+            }
         };
+        let mut descriptors = Vec::new();
+        for (name, h) in &cfg.descriptor_headers {
+            if let Some(v) = find(h)? {
+                descriptors.push((name.clone(), v));
+            }
+        }
         self.identity = Identity {
-            user: find(&cfg.user_header),
-            tenant: find(&cfg.tenant_header),
-            server: find(&cfg.server_header),
-            tool: cfg.tool_header.as_deref().and_then(find),
-            descriptors: cfg
-                .descriptor_headers
-                .iter()
-                .filter_map(|(name, h)| find(h).map(|v| (name.clone(), v)))
-                .collect(),
+            user: find(&cfg.user_header)?,
+            tenant: find(&cfg.tenant_header)?,
+            server: find(&cfg.server_header)?,
+            tool: match cfg.tool_header.as_deref() {
+                Some(h) => find(h)?,
+                None => None,
+            },
+            descriptors,
         };
         if end_of_stream {
             // No body: method and path only matter for body inspection.
-            return (String::new(), String::new());
+            return Ok((String::new(), String::new()));
         }
-        (
-            find(":method").unwrap_or_default(),
-            find(":path").unwrap_or_default(),
-        )
+        // Method and path are not identities: a non-UTF-8 path only means "not MCP".
+        let lossy = |name: &str| find(name).ok().flatten().unwrap_or_default();
+        Ok((lossy(":method"), lossy(":path")))
     }
 
     /// Decide the request described by `body`; returns the action for the current callback.
@@ -394,7 +405,10 @@ impl HttpContext for Http {
             // Local mode without any limit: every plan is empty, nothing to read or store.
             return Action::Continue;
         }
-        let (method, path) = self.read_identity(&cfg, end_of_stream);
+        let (method, path) = match self.read_identity(&cfg, end_of_stream) {
+            Ok(x) => x,
+            Err(msg) => return self.apply(Verdict::invalid(msg), false),
+        };
         if !end_of_stream && cfg.inspects_body(&method, &path) {
             self.phase = Phase::Buffering;
             return Action::Pause;

@@ -204,13 +204,13 @@ impl Hasher for Fnv {
     }
 }
 
-/// Bytes to text without trapping: header values may carry obs-text (non-UTF-8) bytes, which
-/// are replaced by U+FFFD.
-pub fn text(bytes: Vec<u8>) -> String {
-    match String::from_utf8(bytes) {
-        Ok(s) => s,
-        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
-    }
+/// A request header's value as identity text: trimmed, `None` when blank. A value that is not
+/// UTF-8 (obs-text bytes) is an error naming the header, as in ratewall-server: decoding it
+/// lossily would map different byte strings to one identity (and one counter).
+pub fn header_text(name: &str, value: &[u8]) -> Result<Option<String>, String> {
+    let s = std::str::from_utf8(value).map_err(|_| format!("header {name} is not valid UTF-8"))?;
+    let s = s.trim();
+    Ok((!s.is_empty()).then(|| s.to_string()))
 }
 
 #[cfg(test)]
@@ -260,7 +260,7 @@ mod tests {
     #[test]
     fn plan_cache_hits_misses_and_bounds() {
         let cfg = FilterConfig::from_bytes(br#"{"by_user": "10/s"}"#).unwrap();
-        let table = crate::shared::SlotTable::new(1024);
+        let table = crate::shared::SlotTable::new(1024, crate::shared::SlotSeed([7; 16]));
         let mut cache = PlanCache::default();
         let id = |u: &str| Identity {
             user: Some(u.into()),
@@ -296,7 +296,18 @@ mod tests {
 
     #[test]
     fn text_never_fails() {
-        assert_eq!(text(b"abc".to_vec()), "abc");
-        assert_eq!(text(vec![b'a', 0xff]), "a\u{fffd}");
+        assert_eq!(
+            header_text("x-user-id", b" abc ").unwrap(),
+            Some("abc".into())
+        );
+        assert_eq!(header_text("x-user-id", b"  ").unwrap(), None);
+        assert_eq!(
+            header_text("x-user-id", "jos\u{e9}".as_bytes()).unwrap(),
+            Some("jos\u{e9}".into())
+        );
+        // Two different invalid byte strings must not become one identity.
+        let e = header_text("x-user-id", &[b'a', 0xff]).unwrap_err();
+        assert_eq!(e, "header x-user-id is not valid UTF-8");
+        assert!(header_text("x-user-id", &[b'a', 0xfe]).is_err());
     }
 }

@@ -6,7 +6,8 @@
 //! `set` (optionally conditional on the CAS token), and no delete or list. Keys written once stay
 //! forever, so cells are **not** stored one per key: the table has a fixed number of slots
 //! (`ratewall:v1:<slots>:<i>`), created once at configure time. A cell key (the core's storage key)
-//! hashes (FNV-1a) to one slot; a slot value holds up to [`SLOT_CAPACITY`] cells plus a lock word:
+//! hashes (SipHash-1-3 keyed with a per-process random seed, see [`SlotSeed`]) to one slot; a slot
+//! value holds up to [`SLOT_CAPACITY`] cells plus a lock word:
 //!
 //! ```text
 //! slot  = lock:u64le  entry*
@@ -234,14 +235,48 @@ fn slot_of_bytes(value: Option<&[u8]>) -> Slot<'_> {
     value.and_then(Slot::decode).unwrap_or_default()
 }
 
-/// FNV-1a 64 of a cell key: picks its slot (same on every worker).
-fn fnv1a64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Shared-data key of the slot hash's seed (16 random bytes, created once per Envoy process).
+pub const SEED_KEY: &str = "ratewall:v1:seed";
+
+/// The key of the keyed slot hash (SipHash-1-3). Cell keys embed untrusted identities: with a
+/// public, unkeyed hash anyone could craft ids that fill one slot and evict the cells that share
+/// it (a tenant's or a tool's counter, forgetting its usage). Every worker VM uses the same seed
+/// (stored in shared data), so a key maps to the same slot on every worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotSeed(pub [u8; 16]);
+
+impl SlotSeed {
+    /// The process-wide seed: read from shared data, or created (random, from WASI
+    /// `random_get`) and stored when absent. Configure time runs on the main thread before any
+    /// worker serves traffic, so the first configuration creates it and every later VM reads it;
+    /// the value read back after writing is the one used.
+    pub fn load_or_create(host: &dyn SharedData) -> Result<Self, String> {
+        let read = |host: &dyn SharedData| -> Result<Option<Self>, String> {
+            Ok(match host.get(SEED_KEY)? {
+                (Some(v), _) => <[u8; 16]>::try_from(v.as_slice()).ok().map(SlotSeed),
+                _ => None,
+            })
+        };
+        if let Some(seed) = read(host)? {
+            return Ok(seed);
+        }
+        let mut fresh = [0u8; 16];
+        getrandom::fill(&mut fresh)
+            .map_err(|e| format!("no random seed for the slot hash: {e}"))?;
+        host.set(SEED_KEY, &fresh, None)
+            .map_err(|e| format!("cannot store the slot hash seed: {e:?}"))?;
+        read(host)?.ok_or_else(|| "the slot hash seed did not persist".to_string())
     }
-    h
+}
+
+/// SipHash-1-3 of a cell key under `seed`: picks its slot.
+fn keyed_hash(seed: &SlotSeed, bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let (k0, k1) = seed.0.split_at(8);
+    let word = |b: &[u8]| b.iter().rev().fold(0u64, |w, &x| (w << 8) | u64::from(x));
+    let mut h = siphasher::sip::SipHasher13::new_with_keys(word(k0), word(k1));
+    h.write(bytes);
+    h.finish()
 }
 
 /// What a check did besides deciding (for stats and logs).
@@ -277,17 +312,27 @@ pub struct Prepared {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotTable {
     slots: u32,
+    seed: SlotSeed,
     prefix: String,
 }
 
 impl SlotTable {
-    /// A table sized for at most `max_keys` cells.
-    pub fn new(max_keys: usize) -> Self {
+    /// A table sized for at most `max_keys` cells, hashing keys to slots under `seed`.
+    pub fn new(max_keys: usize, seed: SlotSeed) -> Self {
         let slots = u32::try_from(max_keys.div_ceil(SLOT_CAPACITY).max(1)).unwrap_or(u32::MAX);
         Self {
             slots,
+            seed,
             prefix: format!("ratewall:v1:{slots}:"),
         }
+    }
+
+    /// The table of this Envoy process: the shared seed ([`SlotSeed::load_or_create`]) and every
+    /// slot created ([`Self::create_slots`]). Returns the table and how many slots were created.
+    pub fn open(host: &dyn SharedData, max_keys: usize) -> Result<(Self, u32), String> {
+        let table = Self::new(max_keys, SlotSeed::load_or_create(host)?);
+        let created = table.create_slots(host)?;
+        Ok((table, created))
     }
 
     /// Number of slots.
@@ -302,7 +347,8 @@ impl SlotTable {
 
     /// Slot of a cell key.
     pub fn slot_of(&self, cell_key: &str) -> u32 {
-        u32::try_from(fnv1a64(cell_key.as_bytes()) % u64::from(self.slots)).unwrap_or(0)
+        u32::try_from(keyed_hash(&self.seed, cell_key.as_bytes()) % u64::from(self.slots))
+            .unwrap_or(0)
     }
 
     /// Create every slot that does not exist yet (configure time). Returns how many were created.
@@ -583,6 +629,8 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
 
+    const TEST_SEED: SlotSeed = SlotSeed([7; 16]);
+
     /// Envoy's `SharedData` semantics (source/extensions/common/wasm/context.cc): a map of
     /// (value, cas); every set takes a new non-zero cas from one counter; a set with a non-zero
     /// cas on an existing key fails on mismatch; a set on an absent key always succeeds.
@@ -677,7 +725,7 @@ mod tests {
     fn single_cell_counts_exactly() {
         let (cfg, _) = LimiterConfig::from_json_str(r#"{"by_user": "3/m"}"#, &[]).unwrap();
         let host = EnvoySharedData::default();
-        let table = SlotTable::new(64);
+        let table = SlotTable::new(64, TEST_SEED);
         assert_eq!(table.create_slots(&host).unwrap(), 8);
         assert_eq!(table.create_slots(&host).unwrap(), 0);
         let p = plan(&cfg, "alice", None, 1);
@@ -708,7 +756,7 @@ mod tests {
         let (cfg, _) =
             LimiterConfig::from_json_str(r#"{"by_user": "2/m", "by_tool": {"echo": "5/m"}}"#, &[])
                 .unwrap();
-        let table = SlotTable::new(1024);
+        let table = SlotTable::new(1024, TEST_SEED);
         let host = EnvoySharedData::default();
         table.create_slots(&host).unwrap();
         let now = || T0;
@@ -755,7 +803,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let table = SlotTable::new(64);
+        let table = SlotTable::new(64, TEST_SEED);
         let host = EnvoySharedData::default();
         let now = || T0;
         let batch = [
@@ -788,7 +836,7 @@ mod tests {
         let (cfg, _) =
             LimiterConfig::from_json_str(r#"{"by_user": "5/m", "by_tool": {"echo": "5/m"}}"#, &[])
                 .unwrap();
-        let table = SlotTable::new(8); // one slot: every cell in slot 0
+        let table = SlotTable::new(8, TEST_SEED); // one slot: every cell in slot 0
         let host = EnvoySharedData::default();
         let locked = Slot {
             lock: T0,
@@ -817,7 +865,7 @@ mod tests {
     #[test]
     fn sweep_reclaims_expired_cells() {
         let (cfg, _) = LimiterConfig::from_json_str(r#"{"by_user": "5/s"}"#, &[]).unwrap();
-        let table = SlotTable::new(64);
+        let table = SlotTable::new(64, TEST_SEED);
         let host = EnvoySharedData::default();
         table.create_slots(&host).unwrap();
         for i in 0..20 {
@@ -834,7 +882,7 @@ mod tests {
     #[test]
     fn bounded_under_many_keys() {
         let (cfg, _) = LimiterConfig::from_json_str(r#"{"by_user": "5/h"}"#, &[]).unwrap();
-        let table = SlotTable::new(64);
+        let table = SlotTable::new(64, TEST_SEED);
         let host = EnvoySharedData::default();
         let mut evictions = 0;
         for i in 0..1000 {
@@ -858,7 +906,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        let table = Arc::new(SlotTable::new(4096));
+        let table = Arc::new(SlotTable::new(4096, TEST_SEED));
         let host = Arc::new(EnvoySharedData::default());
         table.create_slots(host.as_ref()).unwrap();
         let p = plan(&cfg, "hot", Some("echo"), 1);
@@ -897,5 +945,42 @@ mod tests {
         );
         let tool_left = d.dimensions[1].outcome.remaining;
         assert_eq!(tool_left, 100_000 - 1001);
+    }
+
+    #[test]
+    fn the_seed_is_created_once_and_shared_by_every_vm() {
+        let host = EnvoySharedData::default();
+        let (a, created) = SlotTable::open(&host, 1024).unwrap();
+        assert_eq!(created, 128);
+        let (b, created_again) = SlotTable::open(&host, 1024).unwrap(); // another worker's VM
+        assert_eq!(created_again, 0);
+        assert_eq!(a, b);
+        let stored = host.get(SEED_KEY).unwrap().0.unwrap();
+        assert_eq!(stored.len(), 16);
+        assert_ne!(stored, vec![0u8; 16]);
+        // Another process (fresh shared data) draws another seed.
+        let (c, _) = SlotTable::open(&EnvoySharedData::default(), 1024).unwrap();
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn slots_depend_on_the_seed() {
+        // Under a public hash, ids that collide on one slot can be computed offline; with the
+        // seed they differ per process. Two seeds place the same keys differently.
+        let a = SlotTable::new(8 * 1024, SlotSeed([1; 16]));
+        let b = SlotTable::new(8 * 1024, SlotSeed([2; 16]));
+        let keys: Vec<String> = (0..64).map(|i| format!("rl:user:{i}")).collect();
+        let same = keys.iter().filter(|k| a.slot_of(k) == b.slot_of(k)).count();
+        assert!(
+            same < 8,
+            "{same} of 64 keys in the same slot under both seeds"
+        );
+        // And a table hashes deterministically: the same key, the same slot.
+        assert!(keys.iter().all(|k| a.slot_of(k) == a.slot_of(k)));
+        // Spread: 64 keys over 1,024 slots land in (nearly) distinct slots.
+        let mut ids: Vec<u32> = keys.iter().map(|k| a.slot_of(k)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert!(ids.len() >= 60, "{}", ids.len());
     }
 }
