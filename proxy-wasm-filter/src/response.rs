@@ -16,7 +16,6 @@
 use std::borrow::Cow;
 
 use ratewall_core::config::{FailMode, HeaderFormat};
-use ratewall_core::decision::ceil_secs;
 use ratewall_core::{headers, Decision, DenyReason};
 use serde_json::{Map, Value};
 
@@ -92,7 +91,7 @@ impl Verdict {
             retry_after: if d.allowed { None } else { d.retry_after_secs },
             limit: d.reported().map(|r| r.limit.count()),
             remaining: d.remaining(),
-            reset: d.reset_at().map(ceil_secs),
+            reset: d.reset_at_secs(),
         }
     }
 
