@@ -46,3 +46,12 @@ def test_good_generated_config_validates(tmp_path):
     cfg.write_text(json.dumps(envoy_config([wasm_filter({"by_user": "10/s", "by_tool": {"a": "1/s"}})], 9)))
     code, out = validate(cfg)
     assert code == 0, out[-2000:]
+
+
+def test_module_size_goal():
+    """The size goal (≤ 250 KB) is a property of the build, checked on the module every test here
+    runs: a build that silently fell back to the prebuilt std (about 296 KB) fails this test."""
+    from conftest import FILTER_WASM
+
+    size = FILTER_WASM.stat().st_size
+    assert size <= 250_000, f"{FILTER_WASM} is {size} bytes (goal ≤ 250,000; see build.sh warnings)"
