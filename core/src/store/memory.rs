@@ -265,7 +265,7 @@ impl MemoryStore {
     /// Check a plan of two or more cells: lock the involved shards in ascending index order
     /// (so two requests can never deadlock), each once; peek every cell; commit all or none.
     /// `decision` is filled in place (returning it by value cost a 432-byte copy per check).
-    fn check_multi(&self, plan: &Plan, decision: &mut Decision) {
+    fn check_multi(&self, plan: &Plan, decision: &mut Decision) -> Result<(), StoreError> {
         let n = plan.cells.len();
         if n <= INLINE_CELLS {
             let mut scratch = [Scratch::default(); INLINE_CELLS];
@@ -278,12 +278,12 @@ impl MemoryStore {
                 &mut order[..n],
                 &mut guards[..n],
                 decision,
-            );
+            )
         } else {
             let mut scratch = vec![Scratch::default(); n];
             let mut order = vec![0usize; n];
             let mut guards: Vec<Option<MutexGuard<'_, Shard>>> = (0..n).map(|_| None).collect();
-            self.check_cells(plan, &mut scratch, &mut order, &mut guards, decision);
+            self.check_cells(plan, &mut scratch, &mut order, &mut guards, decision)
         }
     }
 
@@ -296,7 +296,7 @@ impl MemoryStore {
         order: &mut [usize],
         guards: &mut [Option<MutexGuard<'s, Shard>>],
         decision: &mut Decision,
-    ) {
+    ) -> Result<(), StoreError> {
         for ((s, o), c) in scratch.iter_mut().zip(order.iter_mut()).zip(&plan.cells) {
             (s.hash, s.shard) = self.locate(&c.key);
             *o = s.shard;
@@ -320,7 +320,11 @@ impl MemoryStore {
         decision.now = now;
         for (cell, s) in plan.cells.iter().zip(scratch.iter_mut()) {
             let Some(shard) = guards[s.guard].as_deref() else {
-                continue; // unreachable: every involved shard is locked above
+                // Every involved shard is locked above; should that ever not hold, the request
+                // is an error (fail_mode), never a check that skipped a cell.
+                return Err(StoreError::permanent(
+                    "memory store: a cell's shard is not locked",
+                ));
             };
             s.idx = index_of(shard, s.hash, &cell.key);
             let outcome = match s.idx.and_then(|i| shard.map.get_index(i)) {
@@ -349,6 +353,7 @@ impl MemoryStore {
                 }
             }
         }
+        Ok(())
     }
 }
 
@@ -360,7 +365,7 @@ impl Store for MemoryStore {
             1 => self.check_single(plan),
             _ => {
                 let mut decision = Decision::pending(0, plan.cost);
-                self.check_multi(plan, &mut decision);
+                self.check_multi(plan, &mut decision)?;
                 decision
             }
         })
