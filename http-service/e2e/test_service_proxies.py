@@ -5,49 +5,14 @@ upstream sees allowed requests only."""
 import shutil
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 
-from service_harness import ROOT, free_port, wait_until
+from service_harness import ROOT, Upstream, free_port, wait_until
 
 DEPLOY = ROOT / "deploy"
-
-
-class Upstream:
-    """The application behind the proxy: records every request it receives."""
-
-    def __init__(self):
-        self.seen = []
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self):
-                upstream.seen.append((self.command, self.path, self.headers.get("x-user-id")))
-                body = b"hello from upstream\n"
-                self.send_response(200)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

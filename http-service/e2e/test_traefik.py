@@ -19,16 +19,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 import requests
 import yaml
 
-from service_harness import ROOT, free_port, wait_until
+from service_harness import ROOT, Upstream, free_port, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -56,41 +54,15 @@ def traefik_bin():
     return exe
 
 
-class Recorder:
-    """A tiny upstream (like test_service_proxies.Upstream) that also keeps every request's
-    headers, so the test can see what Traefik forwarded."""
+class Recorder(Upstream):
+    """The harness's upstream keeping every request's headers (lower-case names), so the test can
+    see what Traefik forwarded."""
 
     def __init__(self, status=200):
-        self.seen = []  # (method, path, {lower-case header name: value})
-        rec = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self):
-                rec.seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-                body = b"hello from upstream\n"
-                self.send_response(status)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = do_PUT = do_DELETE = _serve
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        super().__init__(status, record=lambda h: {k.lower(): v for k, v in h.items()})
 
     def of(self, user):
         return [s for s in self.seen if s[2].get("x-user-id") == user]
-
-    def stop(self):
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture
