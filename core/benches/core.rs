@@ -6,7 +6,8 @@
 //! * a 3-dimension atomic check vs three governor keyed checks;
 //! * 10k and 1M distinct keys;
 //! * 2 threads on one key, on their own key each, and on 1,024 distinct keys each (throughput of
-//!   2 threads vs 1), with governor on the same shapes.
+//!   2 threads vs 1), with governor on the same shapes, and the 1,024-keys shape on one store per
+//!   thread (nothing shared: what the machine allows at that moment).
 //!
 //! Both sides use a 1,000,000/s quota and their own system clocks, so both take the same
 //! allow/deny paths.
@@ -135,14 +136,15 @@ fn many_keys(c: &mut Criterion) {
     g.finish();
 }
 
-/// Time `iters` checks split over `threads` threads (each with its own plan list).
-fn threaded(s: &Arc<MemoryStore>, plans: &[Arc<Vec<Plan>>], iters: u64) -> Duration {
+/// Time `iters` checks split over `threads` threads (each with its own plan list), all on one
+/// store, or each on its own when `stores` has one per thread.
+fn threaded(stores: &[Arc<MemoryStore>], plans: &[Arc<Vec<Plan>>], iters: u64) -> Duration {
     let threads = plans.len() as u64;
     let per = iters / threads;
     let start = Instant::now();
     std::thread::scope(|sc| {
-        for p in plans {
-            let (s, p) = (s.clone(), p.clone());
+        for (t, p) in plans.iter().enumerate() {
+            let (s, p) = (stores[t % stores.len()].clone(), p.clone());
             sc.spawn(move || {
                 for i in 0..per {
                     black_box(s.check(&p[i as usize % p.len()]).unwrap().allowed);
@@ -166,17 +168,30 @@ fn threads(c: &mut Criterion) {
     };
     let one: Arc<Vec<Plan>> = Arc::new(vec![plan_for(&c1, "alice")]);
     let own = |t: usize| -> Arc<Vec<Plan>> { Arc::new(vec![plan_for(&c1, &format!("own-{t}"))]) };
-    for (name, sets) in [
-        ("one_thread_own_key", vec![own(0)]),
-        ("two_threads_own_keys", vec![own(0), own(1)]),
-        ("one_thread_distinct_keys", vec![distinct(0)]),
-        ("two_threads_distinct_keys", vec![distinct(0), distinct(1)]),
-        ("one_thread_one_key", vec![one.clone()]),
-        ("two_threads_one_key", vec![one.clone(), one.clone()]),
+    // `separate`: the same work with one store per thread (nothing shared): the ceiling of the
+    // scaling on this machine at that moment, for the shared-store rows to be read against.
+    for (name, sets, separate) in [
+        ("one_thread_own_key", vec![own(0)], false),
+        ("two_threads_own_keys", vec![own(0), own(1)], false),
+        ("one_thread_distinct_keys", vec![distinct(0)], false),
+        (
+            "two_threads_distinct_keys",
+            vec![distinct(0), distinct(1)],
+            false,
+        ),
+        (
+            "two_threads_distinct_keys_separate_stores",
+            vec![distinct(0), distinct(1)],
+            true,
+        ),
+        ("one_thread_one_key", vec![one.clone()], false),
+        ("two_threads_one_key", vec![one.clone(), one.clone()], false),
     ] {
-        let s = store(1_000_000);
+        let stores: Vec<_> = (0..if separate { sets.len() } else { 1 })
+            .map(|_| store(1_000_000))
+            .collect();
         g.bench_function(name, |b| {
-            b.iter_custom(|iters| threaded(&s, &sets, iters.max(2)))
+            b.iter_custom(|iters| threaded(&stores, &sets, iters.max(2)))
         });
     }
     // The same shape through governor: the reference for what a shared keyed map scales to.

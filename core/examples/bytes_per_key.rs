@@ -4,7 +4,8 @@
 //!
 //! Inserts 200,000 distinct single-cell keys per algorithm (user ids of 8-12 bytes, no tenant:
 //! keys like `rl:{-}:gcra:60:t-:u10:user-12345`) and divides the growth of live heap bytes by the
-//! number of keys. Includes the key string, the map's index and entry vectors and the state.
+//! number of keys. Includes the key string, the shard tables (slots and control bytes) and the
+//! store's fixed shard array (the store is sized for the `N` keys: `memory_max_keys = N`).
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
@@ -59,11 +60,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 })
             })
             .collect::<Result<_, _>>()?;
-        let store = MemoryStore::new(
-            10_000_000,
-            Arc::new(ManualClock::new(1_700_000_000_000_000_000)),
-        );
         let before = LIVE.load(Ordering::Relaxed);
+        // A store sized for these keys, its shard array counted.
+        let store = MemoryStore::new(N, Arc::new(ManualClock::new(1_700_000_000_000_000_000)));
         for p in &plans {
             store.check(p)?;
         }

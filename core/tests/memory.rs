@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ratewall_core::clock::ManualClock;
 use ratewall_core::config::{LimiterConfig, RequestContext};
-use ratewall_core::store::memory::MemoryStore;
+use ratewall_core::store::memory::{MemoryStats, MemoryStore};
 use ratewall_core::store::Store;
 use ratewall_core::{Algorithm, DenyReason};
 
@@ -257,11 +257,87 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     assert!(after.keys <= 2_048);
 }
 
+fn insert_users(s: &MemoryStore, cfg: &LimiterConfig, prefix: &str, n: usize) {
+    for i in 0..n {
+        let u = format!("{prefix}-{i}");
+        assert!(
+            s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
+                .unwrap()
+                .allowed
+        );
+    }
+}
+
+#[test]
+fn the_whole_bound_is_usable_before_any_eviction() {
+    // The bound holds for the store, not per shard: `max_keys` live keys fit however unevenly
+    // they hash over the shards, and each further key evicts exactly one.
+    let cfg = config("{by_user: 5/m}");
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = MemoryStore::new(4_096, clock.clone());
+    insert_users(&s, &cfg, "a", 4_096);
+    let full = MemoryStats {
+        keys: 4_096,
+        reclaimed: 0,
+        evictions: 0,
+    };
+    assert_eq!(s.stats(), full);
+    insert_users(&s, &cfg, "b", 100);
+    assert_eq!(
+        s.stats(),
+        MemoryStats {
+            evictions: 100,
+            ..full
+        }
+    );
+}
+
+#[test]
+fn a_store_smaller_than_its_shard_count_takes_room_from_other_shards() {
+    // Three keys over sixteen shards: most insertions land in an empty shard, whose room must
+    // come from another one.
+    let cfg = config("{by_user: 5/m}");
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = MemoryStore::new(3, clock.clone());
+    for i in 0..200 {
+        insert_users(&s, &cfg, &format!("k{i}"), 1);
+        assert!(s.stats().keys <= 3, "after {} keys: {:?}", i + 1, s.stats());
+    }
+    assert_eq!(
+        s.stats(),
+        MemoryStats {
+            keys: 3,
+            reclaimed: 0,
+            evictions: 197
+        }
+    );
+}
+
+#[test]
+fn concurrent_insertions_come_back_within_the_bound() {
+    let cfg = config("{by_user: 5/m}");
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = MemoryStore::new(1_024, clock.clone());
+    std::thread::scope(|sc| {
+        for t in 0..4 {
+            let (s, cfg) = (&s, &cfg);
+            sc.spawn(move || insert_users(s, cfg, &format!("t{t}"), 5_000));
+        }
+    });
+    let st = s.stats();
+    assert!(st.keys <= 1_024 + 4, "{st:?}");
+    assert_eq!(st.keys + st.evictions + st.reclaimed, 20_000, "{st:?}");
+    // Any overshoot from insertions that read the count at the same instant is removed by the
+    // next insertions (two entries each).
+    insert_users(&s, &cfg, "after", 4);
+    assert_eq!(s.stats().keys, 1_024, "{:?}", s.stats());
+}
+
 #[test]
 fn expired_entries_are_reclaimed_incrementally_without_a_sweep() {
     let cfg = config("{by_user: 5/s}");
     let clock = Arc::new(ManualClock::new(T0));
-    let s = MemoryStore::new(4_096, clock.clone()); // 16 shards
+    let s = MemoryStore::new(4_096, clock.clone());
     for i in 0..1_000 {
         let u = format!("a-{i}");
         s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
@@ -354,4 +430,15 @@ fn per_server_dimension_validates_server_ids_and_consumes_nothing_on_error() {
     c.per_server = false;
     c.server = None;
     assert_eq!(cfg.policy.plan(&c).unwrap().cells.len(), 1);
+}
+
+#[test]
+fn a_plan_naming_one_key_twice_stores_it_once() {
+    let cfg = config("{by_user: 5/m, by_tenant: 5/m}");
+    let clock = Arc::new(ManualClock::new(T0));
+    let s = store(&clock);
+    let mut plan = cfg.policy.plan(&ctx("alice", None, None)).unwrap();
+    plan.cells.push(plan.cells[0].clone());
+    assert!(s.check(&plan).unwrap().allowed);
+    assert_eq!(s.stats().keys, 1, "{:?}", s.stats());
 }
