@@ -431,14 +431,3 @@ fn per_server_dimension_validates_server_ids_and_consumes_nothing_on_error() {
     c.server = None;
     assert_eq!(cfg.policy.plan(&c).unwrap().cells.len(), 1);
 }
-
-#[test]
-fn a_plan_naming_one_key_twice_stores_it_once() {
-    let cfg = config("{by_user: 5/m, by_tenant: 5/m}");
-    let clock = Arc::new(ManualClock::new(T0));
-    let s = store(&clock);
-    let mut plan = cfg.policy.plan(&ctx("alice", None, None)).unwrap();
-    plan.cells.push(plan.cells[0].clone());
-    assert!(s.check(&plan).unwrap().allowed);
-    assert_eq!(s.stats().keys, 1, "{:?}", s.stats());
-}

@@ -1,29 +1,34 @@
 //! The in-process memory store: sharded, exact, bounded.
 //!
-//! * **Concurrency.** Keys are spread over 16 to 65,536 mutex-protected maps, about one per 32
-//!   keys of `max_keys` (1,000,000 keys: 32,768 shards). A request locks the shards of its cells
-//!   in ascending index order (so two requests can never deadlock), reads the clock, peeks every
-//!   cell, and commits every cell only if all admit: all-or-nothing and exact (T threads on one
-//!   key with limit L admit exactly L). There is no global lock and no background thread. The
-//!   shards are many so that threads working on different keys rarely write the same cache line:
-//!   with a few hundred shards, two threads each cycling over their own 1,024 keys met in every
-//!   shard and moved its lock word between cores on about every other check (1.2-1.3x the
-//!   throughput of one thread); with ~32 keys per shard they share almost none (1.7-2.0x). The
-//!   price is 128 bytes per shard (4 MiB at 1,000,000 keys), measured in `docs/BENCHMARKS.md`.
+//! * **Concurrency.** Keys are spread over 16 to 65,536 mutex-protected hash tables, about one
+//!   per 32 keys of `max_keys` (1,000,000 keys: 32,768 shards). A request locks the shards of its
+//!   cells in ascending index order (so two requests can never deadlock), reads the clock, peeks
+//!   every cell, and commits every cell only if all admit: all-or-nothing and exact (T threads on
+//!   one key with limit L admit exactly L). There is no global lock and no background thread.
+//!   The shards are many so that threads working on different keys rarely write the same cache
+//!   line: with 256 shards, two threads each cycling over their own 1,024 keys met in every shard
+//!   and moved its lock word between cores on about every other check (1.27x the throughput of
+//!   one thread, median of 10 paired runs); with ~32 keys per shard, 1.75x, the same as two
+//!   stores sharing nothing (1.76x). A shard is one 64-byte line (2 MiB at 1,000,000 keys, counted
+//!   in the bytes per key of `docs/BENCHMARKS.md`); keys, states and CLOCK bits sit inline in
+//!   its table's slots, so a lookup reads the shard line, a control group, a slot and the key.
 //! * **Bounds.** At most `max_keys` cells in the whole store, counted by one atomic that only
-//!   insertions and removals touch (never a check of an existing key). Each insertion first
-//!   examines two entries under its shard's CLOCK hand and drops them if expired for a second or
-//!   more (incremental reclamation, never a stop-the-world sweep). When the store is full, the
-//!   insertion makes room in its own shard: the hand sweeps, expired entries are dropped, recently
-//!   used ones get a second chance, and the first cold live entry is evicted (CLOCK ≈ LRU among
-//!   the shard's keys); an empty shard takes the room from the next shard it can lock without
-//!   waiting. Reclaimed and evicted entries are counted. Concurrent insertions that read the count
-//!   at the same instant can exceed the bound by one entry each (at most the number of threads
-//!   inserting at that instant); the next insertions remove two entries each until it holds again.
+//!   insertions and removals touch (never a check of an existing key). Each insertion first lets
+//!   its shard's CLOCK hand examine up to two entries among the next eight buckets and drop those
+//!   expired for a second or more (incremental reclamation, never a stop-the-world sweep). When
+//!   the store is full, room is made before anything is committed: in the shards the request
+//!   holds (never taking one of the request's own cells), the hand sweeps, expired entries are
+//!   dropped, recently used ones get a second chance, and the first cold live entry is evicted
+//!   (CLOCK ≈ LRU among the shard's keys); if those shards have nothing to give, another shard
+//!   that can be locked without waiting gives it. Reclaimed and evicted entries are counted. The
+//!   bound is exceeded only by insertions that race (they read the count at the same instant,
+//!   or every other shard with an entry is locked at that instant): by one entry each at most,
+//!   and the next insertions remove two entries each until it holds again.
 //! * An expired entry is indistinguishable from an absent one (see
 //!   [`crate::algorithm::CellState::expires_at`]), so reclamation never changes a decision;
 //!   eviction of a live entry forgets its usage (the price of the bound, counted in
 //!   [`MemoryStats::evictions`]).
+//! * A plan naming one key twice is an error (it would be peeked once and committed twice).
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -45,9 +50,6 @@ pub const MIN_SHARDS: usize = 16;
 /// Keys of `max_keys` per shard (the shard count is `max_keys / KEYS_PER_SHARD` rounded up to a
 /// power of two, clamped to `MIN_SHARDS..=MAX_SHARDS`).
 const KEYS_PER_SHARD: usize = 32;
-/// Shards an insertion into an empty shard of a full store tries (without waiting) to take room
-/// from.
-const STEAL_ATTEMPTS: usize = 64;
 
 /// Live entries examined by the reclaiming hand on every insertion.
 const RECLAIM_STEPS: usize = 2;
@@ -76,7 +78,7 @@ type KeyHasher = foldhash::fast::RandomState;
 struct Shard {
     table: HashTable<Slot>,
     /// The CLOCK hand: a bucket index of `table` (buckets keep their index until the table
-    /// grows; a hand past the end wraps to 0).
+    /// grows or rehashes in place; a hand past the end wraps to 0).
     hand: usize,
 }
 
@@ -165,8 +167,15 @@ impl MemoryStore {
     /// and clear the reference bit of the others. Without `need_room` the hand examines at most
     /// [`RECLAIM_STEPS`] entries over [`RECLAIM_VISITS`] buckets; with it, it continues until one
     /// entry is removed (an expired one, or the first cold live one, which counts as an
-    /// eviction), at most two full turns. Returns whether an entry was removed.
-    fn sweep(&self, shard: &mut Shard, now: Micros, need_room: bool) -> bool {
+    /// eviction), at most two full turns. Slots for which `keep` holds are passed over (a
+    /// request never removes its own cells). Returns whether an entry was removed.
+    fn sweep(
+        &self,
+        shard: &mut Shard,
+        now: Micros,
+        need_room: bool,
+        keep: impl Fn(&Slot) -> bool,
+    ) -> bool {
         let buckets = shard.table.num_buckets();
         let (max_visits, max_examined) = if need_room {
             (2 * buckets + 1, usize::MAX)
@@ -187,6 +196,9 @@ impl MemoryStore {
             let Ok(mut entry) = shard.table.get_bucket_entry(at) else {
                 continue;
             };
+            if keep(entry.get()) {
+                continue;
+            }
             examined += 1;
             let slot = entry.get_mut();
             let reclaimable = if need_room {
@@ -214,36 +226,40 @@ impl MemoryStore {
         removed
     }
 
-    /// Insert a new cell into `shard` (index `sid`, locked by the caller), keeping the store
-    /// within `max_keys`: room is made in the shard itself or, if it has nothing to give, in the
-    /// next shards that can be locked without waiting (never blocking on a second lock, so no
-    /// deadlock with requests that lock several shards in order). Up to two entries are removed
-    /// per insertion, so a count pushed over the bound by concurrent insertions comes back down.
-    fn insert(&self, shard: &mut Shard, sid: usize, hash: u64, slot: Slot, now: Micros) {
-        self.sweep(shard, now, false);
-        for _ in 0..2 {
-            if self.len.0.load(Ordering::Relaxed) < self.max_keys {
-                break;
-            }
-            if !self.sweep(shard, now, true) && !self.steal_room(sid, now) {
-                break;
-            }
-        }
+    /// Insert a new cell into `shard` (locked by the caller; room already made, see
+    /// [`Self::make_room`]), after the incremental reclaim of two entries under the hand.
+    fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot, now: Micros) {
+        self.sweep(shard, now, false, |_| false);
         shard
             .table
             .insert_unique(hash, slot, |s| self.hasher.hash_one(&*s.key));
         self.len.0.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Remove one entry from the first of the shards after `sid` that can be locked without
-    /// waiting and has one to give.
+    /// Before `new` insertions: while the store would exceed `max_keys`, remove one entry (up
+    /// to two per insertion, so a count pushed over the bound by concurrent insertions comes
+    /// back down) from the shards the request holds (`from_held`, which must pass over the
+    /// request's own cells), else from another shard that can be locked without waiting (never
+    /// blocking on a second lock: no deadlock with requests that lock several shards in order).
+    fn make_room(&self, from: usize, new: usize, now: Micros, mut from_held: impl FnMut() -> bool) {
+        let over = (self.len.0.load(Ordering::Relaxed) + new).saturating_sub(self.max_keys);
+        for _ in 0..over.min(2 * new) {
+            if !(from_held() || self.steal_room(from, now)) {
+                break;
+            }
+        }
+    }
+
+    /// Remove one entry from the first of the other shards that can be locked without waiting
+    /// and has one to give. A store at its bound always has one unless every other non-empty
+    /// shard is locked at that instant.
     #[cold]
     fn steal_room(&self, sid: usize, now: Micros) -> bool {
-        (1..=STEAL_ATTEMPTS.min(self.mask)).any(|step| {
+        (1..=self.mask).any(|step| {
             self.shards[(sid + step) & self.mask]
                 .0
                 .try_lock()
-                .is_some_and(|mut other| self.sweep(&mut other, now, true))
+                .is_some_and(|mut other| self.sweep(&mut other, now, true, |_| false))
         })
     }
 
@@ -292,8 +308,13 @@ impl MemoryStore {
             match found {
                 Some(slot) => Self::commit_slot(slot, cell, plan.cost, now),
                 None => {
+                    if self.len.0.load(Ordering::Relaxed) >= self.max_keys {
+                        self.make_room(sid, 1, now, || {
+                            self.sweep(&mut shard, now, true, |_| false)
+                        });
+                    }
                     let slot = Self::new_slot(cell, plan.cost, now);
-                    self.insert(&mut shard, sid, hash, slot, now);
+                    self.insert(&mut shard, hash, slot, now);
                 }
             }
         }
@@ -357,6 +378,19 @@ impl MemoryStore {
             (s.hash, s.shard) = self.locate(&c.key);
             *o = s.shard;
         }
+        // Each key once: a plan naming a key twice would be peeked once and committed twice.
+        for (i, (a, ca)) in scratch.iter().zip(&plan.cells).enumerate() {
+            let twice = scratch[i + 1..]
+                .iter()
+                .zip(&plan.cells[i + 1..])
+                .any(|(b, cb)| a.hash == b.hash && ca.key == cb.key);
+            if twice {
+                return Err(StoreError::permanent(format!(
+                    "memory store: the plan names key {:?} twice",
+                    ca.key
+                )));
+            }
+        }
         order.sort_unstable();
         // Deduplicate in place: `order[..m]` holds each involved shard once, ascending.
         let mut m = 0;
@@ -397,34 +431,51 @@ impl MemoryStore {
             decision.push(cell.dimension, cell.name, cell.limit, outcome);
         }
         decision.settle();
-        if decision.allowed {
-            // Existing entries first (their bucket indices stay valid), then insertions (which
-            // may grow a table or remove entries).
-            for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
-                let Some(shard) = guards[s.guard].as_deref_mut() else {
-                    continue;
-                };
-                match s.idx.map(|i| shard.table.get_bucket_mut(i)) {
-                    Some(Some(slot)) => Self::commit_slot(slot, cell, plan.cost, now),
-                    Some(None) => {
-                        return Err(StoreError::permanent(
-                            "memory store: a cell's entry moved while its shard was locked",
-                        ))
-                    }
-                    None => {}
-                }
+        if !decision.allowed {
+            return Ok(());
+        }
+        // 1. Room for the new cells, never taken from this request's own cells; removals do
+        //    not move other buckets, so the indices found above stay valid.
+        let new = scratch.iter().filter(|s| s.idx.is_none()).count();
+        if new > 0 && self.len.0.load(Ordering::Relaxed) + new > self.max_keys {
+            let in_plan = |slot: &Slot| plan.cells.iter().any(|c| *c.key == *slot.key);
+            self.make_room(scratch[0].shard, new, now, || {
+                guards
+                    .iter_mut()
+                    .filter_map(|g| g.as_deref_mut())
+                    .any(|shard| self.sweep(shard, now, true, in_plan))
+            });
+        }
+        // 2. Every existing cell is still where the peek found it (checked before committing
+        //    any, so an error can never leave a partial commit).
+        for s in scratch.iter() {
+            let present = s.idx.is_none_or(|i| {
+                guards[s.guard]
+                    .as_deref()
+                    .is_some_and(|shard| shard.table.get_bucket(i).is_some())
+            });
+            if !present {
+                return Err(StoreError::permanent(
+                    "memory store: a cell's entry moved while its shard was locked",
+                ));
             }
-            for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
-                if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
-                    // Looked up again: a plan naming one key twice must not store it twice.
-                    match shard.table.find_mut(s.hash, |slot| *slot.key == *cell.key) {
-                        Some(slot) => Self::commit_slot(slot, cell, plan.cost, now),
-                        None => {
-                            let slot = Self::new_slot(cell, plan.cost, now);
-                            self.insert(shard, s.shard, s.hash, slot, now);
-                        }
-                    }
-                }
+        }
+        // 3. Commit existing cells by index, then insert the new ones (insertions may grow a
+        //    table and so move buckets).
+        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+            let shard = guards[s.guard].as_deref_mut();
+            if let Some(slot) = s
+                .idx
+                .zip(shard)
+                .and_then(|(i, t)| t.table.get_bucket_mut(i))
+            {
+                Self::commit_slot(slot, cell, plan.cost, now);
+            }
+        }
+        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+            if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+                let slot = Self::new_slot(cell, plan.cost, now);
+                self.insert(shard, s.hash, slot, now);
             }
         }
         Ok(())
@@ -443,5 +494,184 @@ impl Store for MemoryStore {
                 decision
             }
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::{DimensionKind, LimiterConfig, RequestContext};
+
+    const T0: u64 = 1_700_000_000_123_456_789;
+
+    fn config(yaml: &str) -> LimiterConfig {
+        LimiterConfig::from_yaml_str(yaml, &[]).unwrap().0
+    }
+
+    fn plan(cfg: &LimiterConfig, user: &str, tenant: Option<&str>) -> Plan {
+        cfg.policy
+            .plan(&RequestContext {
+                user: Some(user),
+                tenant,
+                ..Default::default()
+            })
+            .unwrap()
+    }
+
+    fn single(p: &Plan, kind: DimensionKind) -> Plan {
+        Plan {
+            cells: p
+                .cells
+                .iter()
+                .filter(|c| c.dimension == kind)
+                .cloned()
+                .collect(),
+            cost: p.cost,
+        }
+    }
+
+    fn shard_of(s: &MemoryStore, p: &Plan) -> usize {
+        assert_eq!(p.cells.len(), 1);
+        s.locate(&p.cells[0].key).1
+    }
+
+    fn slots(s: &MemoryStore) -> usize {
+        s.shards.iter().map(|p| p.0.lock().table.len()).sum()
+    }
+
+    /// A two-cell request [user U (existing), tenant T (new)] with U and T in the same shard, in
+    /// a full store whose other key W lives in another shard: inserting T must not evict U,
+    /// which this very request has just committed.
+    #[test]
+    fn a_request_never_evicts_a_cell_it_just_committed() {
+        let cfg = config("{by_user: 2/m, by_tenant: 100/m}");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::new(2, clock.clone());
+        let (both, u) = (0..10_000)
+            .find_map(|i| {
+                let both = plan(&cfg, "alice", Some(&format!("t{i}")));
+                let u = single(&both, DimensionKind::User);
+                let t = single(&both, DimensionKind::Tenant);
+                (shard_of(&s, &u) == shard_of(&s, &t)).then_some((both, u))
+            })
+            .unwrap();
+        let w = (0..10_000)
+            .map(|i| plan(&cfg, &format!("w{i}"), None))
+            .find(|w| shard_of(&s, w) != shard_of(&s, &u))
+            .unwrap();
+        assert!(s.check(&u).unwrap().allowed); // U: 1 of 2
+        assert!(s.check(&w).unwrap().allowed); // store full (2 keys)
+        assert!(s.check(&both).unwrap().allowed); // U: 2 of 2, T inserted
+        let st = s.stats();
+        assert!(
+            !s.check(&u).unwrap().allowed,
+            "U admitted a third time within its minute (limit 2/m): the request that used its \
+             second unit evicted it while inserting T; stats after that request: {st:?}"
+        );
+    }
+
+    /// One thread, a full store of 2 keys: a two-cell request whose second (new) cell lands in an
+    /// empty shard, while the only other entry sits in the shard of its first cell (locked by
+    /// this same request, so `steal_room`'s try_lock fails there).
+    #[test]
+    fn one_thread_never_exceeds_the_bound() {
+        let cfg = config("{by_user: 5/m, by_tenant: 100/m}");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::new(2, clock.clone());
+        let both = (0..10_000)
+            .map(|i| plan(&cfg, "alice", Some(&format!("t{i}"))))
+            .find(|b| {
+                shard_of(&s, &single(b, DimensionKind::User))
+                    != shard_of(&s, &single(b, DimensionKind::Tenant))
+            })
+            .unwrap();
+        let u = single(&both, DimensionKind::User);
+        let z = (0..10_000)
+            .map(|i| plan(&cfg, &format!("z{i}"), None))
+            .find(|z| shard_of(&s, z) == shard_of(&s, &u))
+            .unwrap();
+        assert!(s.check(&z).unwrap().allowed); // 1 key
+        assert!(s.check(&both).unwrap().allowed); // +2 keys, bound 2
+        assert_eq!(s.stats().keys as usize, slots(&s));
+        assert!(
+            s.stats().keys <= 2,
+            "single-threaded overshoot: {:?}",
+            s.stats()
+        );
+    }
+
+    /// `len` equals the slots in the tables after concurrent multi-cell churn (inserts, reclaims,
+    /// evictions, steals).
+    #[test]
+    fn len_matches_slots_under_concurrent_churn() {
+        let cfg = config("{by_user: 5/s, by_tenant: 1000/s}");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::new(40, clock.clone());
+        std::thread::scope(|sc| {
+            for t in 0..2 {
+                let (s, cfg, clock) = (&s, &cfg, &clock);
+                sc.spawn(move || {
+                    for i in 0..20_000u32 {
+                        let ten = format!("ten{}", i % 7);
+                        let p = plan(cfg, &format!("u{t}-{i}"), Some(&ten));
+                        s.check(&p).unwrap();
+                        if i % 1000 == 0 {
+                            clock.advance_millis(700);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(s.stats().keys as usize, slots(&s), "{:?}", s.stats());
+        assert!(s.stats().keys <= 40 + 2, "{:?}", s.stats());
+    }
+
+    /// Every key stays findable by `locate`'s hash after its table grew (rehash closure agrees).
+    #[test]
+    fn keys_stay_findable_after_table_growth() {
+        let cfg = config("{by_user: 5/m}");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::new(1 << 14, clock.clone());
+        let plans: Vec<Plan> = (0..(1 << 14))
+            .map(|i| plan(&cfg, &format!("k{i}"), None))
+            .collect();
+        for p in &plans {
+            assert!(s.check(p).unwrap().allowed);
+        }
+        assert_eq!(s.stats().evictions, 0);
+        for p in &plans {
+            let (hash, sid) = s.locate(&p.cells[0].key);
+            let shard = s.shards[sid].0.lock();
+            assert!(shard
+                .table
+                .find(hash, |x| *x.key == *p.cells[0].key)
+                .is_some());
+        }
+        let max = s
+            .shards
+            .iter()
+            .map(|p| p.0.lock().table.len())
+            .max()
+            .unwrap();
+        assert!(max > 32, "some table grew past its initial size: {max}");
+    }
+
+    /// A plan naming one key twice would be peeked once and committed twice: an error, and
+    /// nothing consumed.
+    #[test]
+    fn a_plan_naming_one_key_twice_is_an_error() {
+        let cfg = config("{algorithm: fixed_window, by_user: 3/m, by_tenant: 5/m}");
+        let clock = Arc::new(ManualClock::new(T0));
+        let s = MemoryStore::new(100, clock.clone());
+        let one = plan(&cfg, "alice", None);
+        let mut dup = one.clone();
+        dup.cells.push(dup.cells[0].clone());
+        let err = s.check(&dup).unwrap_err();
+        assert!(err.message.contains("twice"), "{err}");
+        assert_eq!(s.stats().keys, 0);
+        let d = s.check(&one).unwrap();
+        assert_eq!(d.dimensions[0].outcome.remaining, 2, "{d:?}");
     }
 }
