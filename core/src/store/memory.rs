@@ -378,19 +378,6 @@ impl MemoryStore {
             (s.hash, s.shard) = self.locate(&c.key);
             *o = s.shard;
         }
-        // Each key once: a plan naming a key twice would be peeked once and committed twice.
-        for (i, (a, ca)) in scratch.iter().zip(&plan.cells).enumerate() {
-            let twice = scratch[i + 1..]
-                .iter()
-                .zip(&plan.cells[i + 1..])
-                .any(|(b, cb)| a.hash == b.hash && ca.key == cb.key);
-            if twice {
-                return Err(StoreError::permanent(format!(
-                    "memory store: the plan names key {:?} twice",
-                    ca.key
-                )));
-            }
-        }
         order.sort_unstable();
         // Deduplicate in place: `order[..m]` holds each involved shard once, ascending.
         let mut m = 0;
@@ -398,6 +385,21 @@ impl MemoryStore {
             if m == 0 || order[i] != order[m - 1] {
                 order[m] = order[i];
                 m += 1;
+            }
+        }
+        if m < order.len() {
+            // Two cells share a shard: each key must appear once (a plan naming a key twice
+            // would be peeked once and committed twice).
+            for i in 1..scratch.len() {
+                for j in 0..i {
+                    if scratch[i].hash == scratch[j].hash && plan.cells[i].key == plan.cells[j].key
+                    {
+                        return Err(StoreError::permanent(format!(
+                            "memory store: the plan names key {:?} twice",
+                            plan.cells[i].key
+                        )));
+                    }
+                }
             }
         }
         for (g, &sid) in guards.iter_mut().zip(&order[..m]) {
@@ -434,9 +436,9 @@ impl MemoryStore {
         if !decision.allowed {
             return Ok(());
         }
-        // 1. Room for the new cells, never taken from this request's own cells; removals do
-        //    not move other buckets, so the indices found above stay valid.
         let new = scratch.iter().filter(|s| s.idx.is_none()).count();
+        // Room for the new cells, never taken from this request's own cells. Between the peeks
+        // above and the commits below, nothing else touches the locked tables.
         if new > 0 && self.len.0.load(Ordering::Relaxed) + new > self.max_keys {
             let in_plan = |slot: &Slot| plan.cells.iter().any(|c| *c.key == *slot.key);
             self.make_room(scratch[0].shard, new, now, || {
@@ -445,31 +447,29 @@ impl MemoryStore {
                     .filter_map(|g| g.as_deref_mut())
                     .any(|shard| self.sweep(shard, now, true, in_plan))
             });
-        }
-        // 2. Every existing cell is still where the peek found it (checked before committing
-        //    any, so an error can never leave a partial commit).
-        for s in scratch.iter() {
-            let present = s.idx.is_none_or(|i| {
-                guards[s.guard]
-                    .as_deref()
-                    .is_some_and(|shard| shard.table.get_bucket(i).is_some())
-            });
-            if !present {
-                return Err(StoreError::permanent(
-                    "memory store: a cell's entry moved while its shard was locked",
-                ));
+            // Removals do not move other buckets, and never take a cell of this plan: every
+            // existing cell is still where the peek found it. Checked before committing any,
+            // so an error can never leave a partial commit.
+            for s in scratch.iter() {
+                if let Some(i) = s.idx {
+                    let present = guards[s.guard]
+                        .as_deref()
+                        .is_some_and(|shard| shard.table.get_bucket(i).is_some());
+                    if !present {
+                        return Err(StoreError::permanent(
+                            "memory store: a cell's entry moved while its shard was locked",
+                        ));
+                    }
+                }
             }
         }
-        // 3. Commit existing cells by index, then insert the new ones (insertions may grow a
+        // Commit existing cells by index, then insert the new ones (insertions may grow a
         //    table and so move buckets).
         for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
-            let shard = guards[s.guard].as_deref_mut();
-            if let Some(slot) = s
-                .idx
-                .zip(shard)
-                .and_then(|(i, t)| t.table.get_bucket_mut(i))
-            {
-                Self::commit_slot(slot, cell, plan.cost, now);
+            if let (Some(i), Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+                if let Some(slot) = shard.table.get_bucket_mut(i) {
+                    Self::commit_slot(slot, cell, plan.cost, now);
+                }
             }
         }
         for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
