@@ -254,6 +254,7 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     }
     let after = s.stats();
     assert!(after.reclaimed > before.reclaimed, "{after:?}");
+    assert_eq!(after.evictions, before.evictions, "{after:?}");
     assert!(after.keys <= 2_048);
 }
 

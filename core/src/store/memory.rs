@@ -227,9 +227,12 @@ impl MemoryStore {
     }
 
     /// Insert a new cell into `shard` (locked by the caller; room already made, see
-    /// [`Self::make_room`]), after the incremental reclaim of two entries under the hand.
-    fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot, now: Micros) {
-        self.sweep(shard, now, false, |_| false);
+    /// [`Self::make_room`]). `reclaim`: first let the hand drop up to two entries expired for a
+    /// second or more (only where no cell of the request can be among them).
+    fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot, now: Micros, reclaim: bool) {
+        if reclaim {
+            self.sweep(shard, now, false, |_| false);
+        }
         shard
             .table
             .insert_unique(hash, slot, |s| self.hasher.hash_one(&*s.key));
@@ -308,13 +311,15 @@ impl MemoryStore {
             match found {
                 Some(slot) => Self::commit_slot(slot, cell, plan.cost, now),
                 None => {
+                    // Expired entries go first, then (store full) the CLOCK victim.
+                    self.sweep(&mut shard, now, false, |_| false);
                     if self.len.0.load(Ordering::Relaxed) >= self.max_keys {
                         self.make_room(sid, 1, now, || {
                             self.sweep(&mut shard, now, true, |_| false)
                         });
                     }
                     let slot = Self::new_slot(cell, plan.cost, now);
-                    self.insert(&mut shard, hash, slot, now);
+                    self.insert(&mut shard, hash, slot, now, false);
                 }
             }
         }
@@ -474,8 +479,9 @@ impl MemoryStore {
         }
         for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
             if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+                // Committed and inserted cells are live: the reclaim cannot take them.
                 let slot = Self::new_slot(cell, plan.cost, now);
-                self.insert(shard, s.hash, slot, now);
+                self.insert(shard, s.hash, slot, now, true);
             }
         }
         Ok(())
