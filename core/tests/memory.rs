@@ -241,10 +241,12 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     assert!(st.keys <= 2_048, "{st:?}");
     assert_eq!(st.keys + st.evictions + st.reclaimed, 5_000, "{st:?}");
     assert!(st.evictions > 0);
-    // After every entry expired, new keys reclaim expired ones instead of evicting live ones.
+    // After every entry expired, new keys take the room of expired ones before they evict live
+    // ones: the search for an expired entry is bounded (the inserting shard and 8 neighbours),
+    // so the last few expired entries can be out of its reach, but no more than a few.
     clock.advance_millis(3_000);
     let before = s.stats();
-    for i in 0..3_000 {
+    for i in 0..2_048 {
         let u = format!("other-{i}");
         assert!(
             s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
@@ -253,9 +255,19 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
         );
     }
     let after = s.stats();
-    assert!(after.reclaimed > before.reclaimed, "{after:?}");
-    assert_eq!(after.evictions, before.evictions, "{after:?}");
-    assert!(after.keys <= 2_048);
+    let (reclaimed, evicted) = (
+        after.reclaimed - before.reclaimed,
+        after.evictions - before.evictions,
+    );
+    assert_eq!(
+        (after.keys, reclaimed + evicted),
+        (2_048, 2_048),
+        "{after:?}"
+    );
+    assert!(
+        evicted <= 2_048 / 50,
+        "{evicted} live entries evicted: {after:?}"
+    );
 }
 
 fn insert_users(s: &MemoryStore, cfg: &LimiterConfig, prefix: &str, n: usize) {

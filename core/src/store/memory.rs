@@ -16,14 +16,16 @@
 //!   insertions and removals touch (never a check of an existing key). Each insertion first lets
 //!   its shard's CLOCK hand examine up to two entries among the next eight buckets and drop those
 //!   expired for a second or more (incremental reclamation, never a stop-the-world sweep). When
-//!   the store is full, room is made before anything is committed: in the shards the request
-//!   holds (never taking one of the request's own cells), the hand sweeps, expired entries are
-//!   dropped, recently used ones get a second chance, and the first cold live entry is evicted
-//!   (CLOCK ≈ LRU among the shard's keys); if those shards have nothing to give, another shard
-//!   that can be locked without waiting gives it. Reclaimed and evicted entries are counted. The
-//!   bound is exceeded only by insertions that race (they read the count at the same instant,
-//!   or every other shard with an entry is locked at that instant): by one entry each at most,
-//!   and the next insertions remove two entries each until it holds again.
+//!   the store is full, room is made before anything is committed, never from one of the
+//!   request's own cells: first an expired entry, looked for in the shards the request holds and
+//!   then in the next 8 shards (a bounded search: the last few expired entries of a full store
+//!   can be out of its reach); else a cold live entry is evicted by the CLOCK hand of a held
+//!   shard (recently used entries get a second chance: CLOCK ≈ LRU among the shard's keys), or,
+//!   if those shards have nothing to give, of another shard. Other shards are only ever locked
+//!   with `try_lock` (no waiting, so no deadlock). Reclaimed and evicted entries are counted.
+//!   The bound is exceeded only by insertions that race (they read the count at the same
+//!   instant, or every other shard with an entry is locked at that instant): by one entry each
+//!   at most, and the next insertions remove two entries each until it holds again.
 //! * An expired entry is indistinguishable from an absent one (see
 //!   [`crate::algorithm::CellState::expires_at`]), so reclamation never changes a decision;
 //!   eviction of a live entry forgets its usage (the price of the bound, counted in
@@ -50,6 +52,21 @@ pub const MIN_SHARDS: usize = 16;
 /// Keys of `max_keys` per shard (the shard count is `max_keys / KEYS_PER_SHARD` rounded up to a
 /// power of two, clamped to `MIN_SHARDS..=MAX_SHARDS`).
 const KEYS_PER_SHARD: usize = 32;
+
+/// How an advance of the CLOCK hand removes entries (see `MemoryStore::sweep`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sweep {
+    /// On every insertion: a few entries, expired for over [`RECLAIM_GRACE_US`].
+    Incremental,
+    /// Store full: the first expired entry.
+    Expired,
+    /// Store full, nothing expired nearby: the first expired or cold entry.
+    Evict,
+}
+
+/// Shards after its own in which an insertion into a full store looks for an expired entry
+/// before it evicts a live one (bounded work per insertion: about 8 x 32 entries).
+const EXPIRED_NEIGHBOURS: usize = 8;
 
 /// Live entries examined by the reclaiming hand on every insertion.
 const RECLAIM_STEPS: usize = 2;
@@ -163,24 +180,30 @@ impl MemoryStore {
         (hash, ((hash >> 32) as usize) & self.mask)
     }
 
-    /// Advance the CLOCK hand: drop entries expired (for a second or more, unless `need_room`)
-    /// and clear the reference bit of the others. Without `need_room` the hand examines at most
-    /// [`RECLAIM_STEPS`] entries over [`RECLAIM_VISITS`] buckets; with it, it continues until one
-    /// entry is removed (an expired one, or the first cold live one, which counts as an
-    /// eviction), at most two full turns. Slots for which `keep` holds are passed over (a
-    /// request never removes its own cells). Returns whether an entry was removed.
+    /// Advance the CLOCK hand. [`Sweep::Incremental`]: examine at most [`RECLAIM_STEPS`] entries
+    /// over [`RECLAIM_VISITS`] buckets, drop those expired for a second or more and clear the
+    /// reference bit of the others. [`Sweep::Expired`]: one turn, stop at the first expired
+    /// entry and drop it (reference bits untouched). [`Sweep::Evict`]: up to two turns, drop the
+    /// first expired or cold entry (a cold live one counts as an eviction), giving referenced
+    /// ones a second chance. Slots for which `keep` holds are passed over (a request never
+    /// removes its own cells). Returns whether an entry was removed.
     fn sweep(
         &self,
         shard: &mut Shard,
         now: Micros,
-        need_room: bool,
+        mode: Sweep,
         keep: impl Fn(&Slot) -> bool,
     ) -> bool {
         let buckets = shard.table.num_buckets();
-        let (max_visits, max_examined) = if need_room {
-            (2 * buckets + 1, usize::MAX)
+        let (max_visits, max_examined) = match mode {
+            Sweep::Incremental => (RECLAIM_VISITS, RECLAIM_STEPS),
+            Sweep::Expired => (buckets, usize::MAX),
+            Sweep::Evict => (2 * buckets + 1, usize::MAX),
+        };
+        let grace = if mode == Sweep::Incremental {
+            RECLAIM_GRACE_US
         } else {
-            (RECLAIM_VISITS, RECLAIM_STEPS)
+            0
         };
         let mut removed = false;
         let mut examined = 0usize;
@@ -201,12 +224,9 @@ impl MemoryStore {
             }
             examined += 1;
             let slot = entry.get_mut();
-            let reclaimable = if need_room {
-                slot.expires_at <= now
-            } else {
-                slot.expires_at.saturating_add(RECLAIM_GRACE_US) <= now
-            };
-            if reclaimable || (need_room && !slot.referenced) {
+            let reclaimable = slot.expires_at.saturating_add(grace) <= now;
+            let evict = mode == Sweep::Evict && !slot.referenced;
+            if reclaimable || evict {
                 entry.remove();
                 self.len.0.fetch_sub(1, Ordering::Relaxed);
                 let counter = if reclaimable {
@@ -216,10 +236,10 @@ impl MemoryStore {
                 };
                 counter.fetch_add(1, Ordering::Relaxed);
                 removed = true;
-                if need_room {
+                if mode != Sweep::Incremental {
                     break;
                 }
-            } else {
+            } else if mode != Sweep::Expired {
                 slot.referenced = false;
             }
         }
@@ -231,7 +251,7 @@ impl MemoryStore {
     /// second or more (only where no cell of the request can be among them).
     fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot, now: Micros, reclaim: bool) {
         if reclaim {
-            self.sweep(shard, now, false, |_| false);
+            self.sweep(shard, now, Sweep::Incremental, |_| false);
         }
         shard
             .table
@@ -241,28 +261,40 @@ impl MemoryStore {
 
     /// Before `new` insertions: while the store would exceed `max_keys`, remove one entry (up
     /// to two per insertion, so a count pushed over the bound by concurrent insertions comes
-    /// back down) from the shards the request holds (`from_held`, which must pass over the
-    /// request's own cells), else from another shard that can be locked without waiting (never
-    /// blocking on a second lock: no deadlock with requests that lock several shards in order).
-    fn make_room(&self, from: usize, new: usize, now: Micros, mut from_held: impl FnMut() -> bool) {
+    /// back down). Expired entries go first: in the shards the request holds (`from_held`, which
+    /// must pass over the request's own cells), then in the next [`EXPIRED_NEIGHBOURS`] shards
+    /// that can be locked without waiting; only then a cold live entry is evicted, from the
+    /// held shards or else from any shard that can be locked without waiting (never blocking on
+    /// a second lock: no deadlock with requests that lock several shards in order).
+    fn make_room(
+        &self,
+        from: usize,
+        new: usize,
+        now: Micros,
+        mut from_held: impl FnMut(Sweep) -> bool,
+    ) {
         let over = (self.len.0.load(Ordering::Relaxed) + new).saturating_sub(self.max_keys);
         for _ in 0..over.min(2 * new) {
-            if !(from_held() || self.steal_room(from, now)) {
+            let removed = from_held(Sweep::Expired)
+                || self.steal_room(from, now, Sweep::Expired, EXPIRED_NEIGHBOURS)
+                || from_held(Sweep::Evict)
+                || self.steal_room(from, now, Sweep::Evict, self.mask);
+            if !removed {
                 break;
             }
         }
     }
 
-    /// Remove one entry from the first of the other shards that can be locked without waiting
-    /// and has one to give. A store at its bound always has one unless every other non-empty
-    /// shard is locked at that instant.
+    /// Remove one entry (`mode`) from the first of the next `shards` shards after `sid` that
+    /// can be locked without waiting and has one to give. A store at its bound always has one
+    /// to evict unless every other non-empty shard is locked at that instant.
     #[cold]
-    fn steal_room(&self, sid: usize, now: Micros) -> bool {
-        (1..=self.mask).any(|step| {
+    fn steal_room(&self, sid: usize, now: Micros, mode: Sweep, shards: usize) -> bool {
+        (1..=shards.min(self.mask)).any(|step| {
             self.shards[(sid + step) & self.mask]
                 .0
                 .try_lock()
-                .is_some_and(|mut other| self.sweep(&mut other, now, true, |_| false))
+                .is_some_and(|mut other| self.sweep(&mut other, now, mode, |_| false))
         })
     }
 
@@ -312,10 +344,10 @@ impl MemoryStore {
                 Some(slot) => Self::commit_slot(slot, cell, plan.cost, now),
                 None => {
                     // Expired entries go first, then (store full) the CLOCK victim.
-                    self.sweep(&mut shard, now, false, |_| false);
+                    self.sweep(&mut shard, now, Sweep::Incremental, |_| false);
                     if self.len.0.load(Ordering::Relaxed) >= self.max_keys {
-                        self.make_room(sid, 1, now, || {
-                            self.sweep(&mut shard, now, true, |_| false)
+                        self.make_room(sid, 1, now, |mode| {
+                            self.sweep(&mut shard, now, mode, |_| false)
                         });
                     }
                     let slot = Self::new_slot(cell, plan.cost, now);
@@ -446,11 +478,11 @@ impl MemoryStore {
         // above and the commits below, nothing else touches the locked tables.
         if new > 0 && self.len.0.load(Ordering::Relaxed) + new > self.max_keys {
             let in_plan = |slot: &Slot| plan.cells.iter().any(|c| *c.key == *slot.key);
-            self.make_room(scratch[0].shard, new, now, || {
+            self.make_room(scratch[0].shard, new, now, |mode| {
                 guards
                     .iter_mut()
                     .filter_map(|g| g.as_deref_mut())
-                    .any(|shard| self.sweep(shard, now, true, in_plan))
+                    .any(|shard| self.sweep(shard, now, mode, in_plan))
             });
             // Removals do not move other buckets, and never take a cell of this plan: every
             // existing cell is still where the peek found it. Checked before committing any,
