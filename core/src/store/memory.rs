@@ -40,7 +40,7 @@ use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::{Store, StoreError};
-use crate::algorithm::CellState;
+use crate::algorithm::{CellState, Outcome};
 use crate::clock::{Clock, Micros};
 use crate::config::{Cell, Plan};
 use crate::decision::Decision;
@@ -310,6 +310,18 @@ impl MemoryStore {
         }
     }
 
+    /// Would `cost` be admitted in `cell` at `now`, given its slot (absent, or holding another
+    /// algorithm's state: fresh)?
+    #[inline(always)]
+    fn peek_slot(slot: Option<&Slot>, cell: &Cell, cost: u64, now: Micros) -> Outcome {
+        match slot {
+            Some(slot) if slot.state.algorithm() == cell.algorithm => {
+                slot.state.peek(now, cost, &cell.limit)
+            }
+            _ => cell.algorithm.fresh_state().peek(now, cost, &cell.limit),
+        }
+    }
+
     /// Consume `cost` at `now` in an existing slot (reset first if it holds another
     /// algorithm's state).
     #[inline]
@@ -329,15 +341,7 @@ impl MemoryStore {
         let mut shard = self.shards[sid].0.lock();
         let now = self.clock.now_micros();
         let found = shard.table.find_mut(hash, |s| *s.key == *cell.key);
-        let outcome = match &found {
-            Some(slot) if slot.state.algorithm() == cell.algorithm => {
-                slot.state.peek(now, plan.cost, &cell.limit)
-            }
-            _ => cell
-                .algorithm
-                .fresh_state()
-                .peek(now, plan.cost, &cell.limit),
-        };
+        let outcome = Self::peek_slot(found.as_deref(), cell, plan.cost, now);
         let decision = Decision::combine(plan, now, [outcome]);
         if decision.allowed {
             match found {
@@ -458,15 +462,8 @@ impl MemoryStore {
             s.idx = shard
                 .table
                 .find_bucket_index(s.hash, |slot| *slot.key == *cell.key);
-            let outcome = match s.idx.and_then(|i| shard.table.get_bucket(i)) {
-                Some(slot) if slot.state.algorithm() == cell.algorithm => {
-                    slot.state.peek(now, plan.cost, &cell.limit)
-                }
-                _ => cell
-                    .algorithm
-                    .fresh_state()
-                    .peek(now, plan.cost, &cell.limit),
-            };
+            let slot = s.idx.and_then(|i| shard.table.get_bucket(i));
+            let outcome = Self::peek_slot(slot, cell, plan.cost, now);
             decision.push(cell.dimension, cell.name, cell.limit, outcome);
         }
         decision.settle();
