@@ -229,14 +229,7 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     let cfg = config("{by_user: 5/s}");
     let clock = Arc::new(ManualClock::new(T0));
     let s = MemoryStore::new(2_048, clock.clone());
-    for i in 0..5_000 {
-        let u = format!("user-{i}");
-        assert!(
-            s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
-                .unwrap()
-                .allowed
-        );
-    }
+    insert_users(&s, &cfg, "user", 5_000);
     let st = s.stats();
     assert!(st.keys <= 2_048, "{st:?}");
     assert_eq!(st.keys + st.evictions + st.reclaimed, 5_000, "{st:?}");
@@ -246,14 +239,7 @@ fn bounded_key_space_reclaims_expired_then_evicts() {
     // so the last few expired entries can be out of its reach, but no more than a few.
     clock.advance_millis(3_000);
     let before = s.stats();
-    for i in 0..2_048 {
-        let u = format!("other-{i}");
-        assert!(
-            s.check(&cfg.policy.plan(&ctx(&u, None, None)).unwrap())
-                .unwrap()
-                .allowed
-        );
-    }
+    insert_users(&s, &cfg, "other", 2_048);
     let after = s.stats();
     let (reclaimed, evicted) = (
         after.reclaimed - before.reclaimed,
