@@ -13,14 +13,14 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use ratewall_core::config::RequestContext;
+use ratewall_core::config::{ContextError, RequestContext};
 use ratewall_core::decision::Decision;
 use ratewall_core::headers::{self, Headers};
 use ratewall_core::DenyReason;
 use serde::{Deserialize, Serialize};
 
+use crate::identity;
 use crate::metrics::Endpoint;
-use crate::settings::Source;
 use crate::state::{AppState, Runtime};
 
 /// Largest accepted `/check` body.
@@ -92,14 +92,18 @@ fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     r
 }
 
-/// A JSON error naming the problem (and the field, when there is one).
-pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
-    let body = serde_json::to_vec(&ErrorBody {
+/// The JSON body of an error naming the problem (and the field, when there is one).
+pub fn error_body(message: &str, field: Option<&str>) -> Vec<u8> {
+    serde_json::to_vec(&ErrorBody {
         error: message,
         field,
     })
-    .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec());
-    json_response(status, body)
+    .unwrap_or_else(|_| b"{\"error\":\"error\"}".to_vec())
+}
+
+/// A JSON error naming the problem (and the field, when there is one).
+pub fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+    json_response(status, error_body(message, field))
 }
 
 fn header_name(name: &'static str) -> HeaderName {
@@ -115,8 +119,43 @@ fn header_name(name: &'static str) -> HeaderName {
     }
 }
 
-/// The response for a decision: status, JSON body, and the core's headers.
-fn decision_response(rt: &Runtime, d: &Decision) -> Response {
+/// What `/check`, `/authz` and gRPC ext_authz answer for one request, whatever the transport:
+/// the HTTP status, the JSON body and the core's headers (in [`headers::render`] order; none for
+/// a 400).
+pub struct Answer {
+    /// `200`, `429`, `503` or `400`.
+    pub status: StatusCode,
+    /// The JSON body (`application/json`).
+    pub body: Vec<u8>,
+    /// The core's headers.
+    pub headers: Headers,
+}
+
+impl Answer {
+    /// A 400 naming the field.
+    pub fn bad_request(message: &str, field: Option<&str>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            body: error_body(message, field),
+            headers: Headers::new(),
+        }
+    }
+
+    /// As an HTTP response.
+    pub fn into_response(self) -> Response {
+        let mut resp = json_response(self.status, self.body);
+        let h = resp.headers_mut();
+        for (name, value) in &self.headers {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.append(header_name(name), v);
+            }
+        }
+        resp
+    }
+}
+
+/// The answer for a decision: status, JSON body, and the core's headers.
+pub fn decision_answer(rt: &Runtime, d: &Decision) -> Answer {
     let rendered = headers::render(d, rt.loaded.limiter.headers);
     let rep = d.reported();
     let body = CheckResponse {
@@ -149,35 +188,28 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
     if serde_json::to_writer(&mut bytes, &body).is_err() {
         bytes.clear();
     }
-    let mut resp = json_response(status, bytes);
-    let h = resp.headers_mut();
-    for (name, value) in &rendered {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            h.append(header_name(name), v);
-        }
+    Answer {
+        status,
+        body: bytes,
+        headers: rendered,
     }
-    resp
 }
 
 /// Plan and decide; a context the policy cannot evaluate is a 400 naming the field.
-async fn decide(
+pub async fn decide_answer(
     state: &AppState,
     rt: &Runtime,
     ctx: &RequestContext<'_>,
     endpoint: Endpoint,
-    field_of: impl Fn(&'static str) -> String,
-) -> Response {
+    field_of: impl Fn(&ContextError) -> String,
+) -> Answer {
     let start = Instant::now();
     let plan = match rt.loaded.limiter.policy.plan(ctx) {
         Ok(p) => p,
         Err(e) => {
             state.metrics.bad_request(endpoint);
-            let field = field_of(e.field());
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("{field}: {e}"),
-                Some(&field),
-            );
+            let field = field_of(&e);
+            return Answer::bad_request(&format!("{field}: {e}"), Some(&field));
         }
     };
     let d = state.decide(rt, &plan).await;
@@ -190,7 +222,19 @@ async fn decide(
         remaining = d.remaining(),
         "decision"
     );
-    decision_response(rt, &d)
+    decision_answer(rt, &d)
+}
+
+async fn decide(
+    state: &AppState,
+    rt: &Runtime,
+    ctx: &RequestContext<'_>,
+    endpoint: Endpoint,
+    field_of: impl Fn(&ContextError) -> String,
+) -> Response {
+    decide_answer(state, rt, ctx, endpoint, field_of)
+        .await
+        .into_response()
 }
 
 async fn read_body(state: &AppState, rt: &Runtime, body: Body) -> Result<Bytes, Response> {
@@ -303,20 +347,11 @@ async fn check(State(state): State<Arc<AppState>>, body: Body) -> Response {
         descriptors: &descriptors,
         cost: req.cost.unwrap_or(1),
     };
-    decide(&state, &rt, &ctx, Endpoint::Check, |f| match f {
+    decide(&state, &rt, &ctx, Endpoint::Check, |e| match e.field() {
         "server_id" => "server".to_string(),
         other => other.to_string(),
     })
     .await
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<Option<&'a str>, String> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => std::str::from_utf8(v.as_bytes())
-            .map(Some)
-            .map_err(|_| format!("header {name} is not valid UTF-8")),
-    }
 }
 
 async fn authz(
@@ -327,108 +362,27 @@ async fn authz(
 ) -> Response {
     let rt = state.runtime_guard();
     let a = &rt.loaded.service.authz;
-    let bad = |msg: String, field: Option<&str>| {
-        state.metrics.bad_request(Endpoint::Authz);
-        error(StatusCode::BAD_REQUEST, &msg, field)
+    // Envoy ext_authz with `path_prefix: /authz`: the original path is what follows /authz.
+    let path = match uri.path().strip_prefix("/authz") {
+        Some("") | None => "/",
+        Some(rest) => rest,
     };
-    let get = |h: &Option<HeaderName>| -> Result<Option<&str>, String> {
-        match h {
-            None => Ok(None),
-            Some(name) => header_str(&headers, name),
+    let original = identity::Original {
+        path,
+        method: method.as_str(),
+        from_headers: true,
+    };
+    let id = match identity::extract(a, &headers, original) {
+        Ok(id) => id,
+        Err(e) => {
+            state.metrics.bad_request(Endpoint::Authz);
+            return error(StatusCode::BAD_REQUEST, &e.message, Some(&e.header));
         }
     };
-    let (user, tenant, tool, server, cost) = match (
-        get(&a.user_header),
-        get(&a.tenant_header),
-        get(&a.tool_header),
-        get(&a.server_header),
-        get(&a.cost_header),
-    ) {
-        (Ok(u), Ok(t), Ok(tl), Ok(s), Ok(c)) => (u, t, tl, s, c),
-        (Err(e), ..) | (_, Err(e), ..) | (_, _, Err(e), ..) | (.., Err(e), _) | (.., Err(e)) => {
-            return bad(e, None)
-        }
-    };
-    let cost = match cost {
-        None => 1,
-        Some(c) => match c.trim().parse::<u64>() {
-            Ok(n) if n >= 1 => n,
-            _ => {
-                let name = a.cost_header.as_ref().map(HeaderName::as_str).unwrap_or("");
-                return bad(
-                    format!("header {name}: {c:?} is not an integer ≥ 1"),
-                    Some(name),
-                );
-            }
-        },
-    };
-    let mut path: Option<&str> = None;
-    let mut meth: Option<&str> = None;
-    let mut descriptors: Vec<(&str, &str)> = Vec::with_capacity(a.descriptors.len());
-    for (name, source) in &a.descriptors {
-        let value = match source {
-            Source::Header(h) => match header_str(&headers, h) {
-                Ok(v) => v,
-                Err(e) => return bad(e, Some(h.as_str())),
-            },
-            Source::Path => {
-                if path.is_none() {
-                    path = Some(original_path(&headers, &a.path_headers, &uri));
-                }
-                path
-            }
-            Source::Method => {
-                if meth.is_none() {
-                    meth = Some(
-                        a.method_headers
-                            .iter()
-                            .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
-                            .unwrap_or(method.as_str()),
-                    );
-                }
-                meth
-            }
-        };
-        if let Some(v) = value {
-            descriptors.push((name.as_str(), v));
-        }
-    }
-    let ctx = RequestContext {
-        user,
-        tenant,
-        server,
-        per_server: server.is_some(),
-        tool,
-        descriptors: &descriptors,
-        cost,
-    };
-    let server_name = a
-        .server_header
-        .as_ref()
-        .map(|h| h.as_str().to_string())
-        .unwrap_or_default();
-    let cost_name = a
-        .cost_header
-        .as_ref()
-        .map(|h| h.as_str().to_string())
-        .unwrap_or_else(|| "cost".into());
-    decide(&state, &rt, &ctx, Endpoint::Authz, move |f| match f {
-        "server_id" => format!("header {server_name}"),
-        _ => format!("header {cost_name}"),
+    decide(&state, &rt, &id.context(), Endpoint::Authz, |e| {
+        identity::context_error_field(a, e)
     })
     .await
-}
-
-/// The original request path: from the first configured header present, else the part of this
-/// request's path after `/authz` (Envoy ext_authz with `path_prefix: /authz`).
-fn original_path<'a>(headers: &'a HeaderMap, names: &[HeaderName], uri: &'a Uri) -> &'a str {
-    names
-        .iter()
-        .find_map(|h| headers.get(h).and_then(|v| v.to_str().ok()))
-        .unwrap_or_else(|| match uri.path().strip_prefix("/authz") {
-            Some("") | None => "/",
-            Some(rest) => rest,
-        })
 }
 
 async fn healthz() -> Response {

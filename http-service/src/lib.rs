@@ -4,12 +4,17 @@
 //!
 //! * [`api::app`] builds the router (`POST /check`, `/authz` proxy mode, `/healthz`, `/readyz`,
 //!   `/metrics`) over an [`state::AppState`];
+//! * [`grpc`] serves Envoy's RLS v3 (`ShouldRateLimit`) and ext_authz v3 (`Check`) on a second
+//!   listener (h2c) over the same state;
+//! * [`identity`] reads a proxy-mode request's identity, for `/authz` and gRPC ext_authz alike;
 //! * [`settings`] validates the service's keys next to the core's in one YAML file;
 //! * [`serve`] runs it with hot reload (SIGHUP, file changes) and graceful shutdown.
 //!
 //! See `docs/SERVICE.md`.
 
 pub mod api;
+pub mod grpc;
+pub mod identity;
 pub mod metrics;
 pub mod settings;
 pub mod state;
@@ -21,23 +26,52 @@ use std::time::{Duration, SystemTime};
 pub use api::app;
 use state::AppState;
 
-/// Serve `state` on `listener` until SIGTERM/SIGINT: the listener closes, in-flight requests
-/// finish (bounded by `shutdown_timeout_ms`), idle keep-alive connections are closed. Reloads on
-/// SIGHUP and, if `watch_config`, when the file changes. Request headers must arrive within
-/// `request_timeout_ms` (as configured at start-up), so idle half-open requests cannot pile up.
+/// Serve `state` on `listener` (HTTP only) until SIGTERM/SIGINT: see [`serve_all`].
 pub async fn serve(state: Arc<AppState>, listener: tokio::net::TcpListener) -> std::io::Result<()> {
-    let addr: SocketAddr = listener.local_addr()?;
+    serve_all(state, listener, None).await
+}
+
+/// Serve `state` over HTTP on `http` and, if given, over gRPC on `grpc`, until SIGTERM/SIGINT:
+/// both listeners close, in-flight requests finish (bounded by `shutdown_timeout_ms`), idle
+/// keep-alive connections are closed. Reloads on SIGHUP and, if `watch_config`, when the file
+/// changes. Request headers must arrive within `request_timeout_ms` (as configured at
+/// start-up), so idle half-open requests cannot pile up. If either server fails, both stop.
+pub async fn serve_all(
+    state: Arc<AppState>,
+    http: tokio::net::TcpListener,
+    grpc: Option<tokio::net::TcpListener>,
+) -> std::io::Result<()> {
+    let addr: SocketAddr = http.local_addr()?;
     tracing::info!(%addr, "listening");
     println!("ratewall-server listening on http://{addr}");
     spawn_reloaders(state.clone());
     let settings = state.runtime().loaded.service.clone();
-    serve_router(
-        app(state),
-        listener,
+    let (tx, rx) = tokio::sync::watch::channel(None::<&'static str>);
+    tokio::spawn(async move {
+        let sig = shutdown_signal().await;
+        let _ = tx.send(Some(sig));
+    });
+    let signalled = |mut rx: tokio::sync::watch::Receiver<Option<&'static str>>| async move {
+        let sig = rx.wait_for(Option::is_some).await.ok().and_then(|s| *s);
+        sig.unwrap_or("shutdown")
+    };
+    let http_server = serve_router_until(
+        app(state.clone()),
+        http,
         settings.request_timeout,
         settings.shutdown_timeout,
-    )
-    .await
+        signalled(rx.clone()),
+    );
+    match grpc {
+        None => http_server.await,
+        Some(listener) => {
+            let rx2 = rx.clone();
+            let grpc_server = grpc::serve(state, listener, async move {
+                signalled(rx2).await;
+            });
+            tokio::try_join!(http_server, grpc_server).map(|_| ())
+        }
+    }
 }
 
 /// The HTTP/1.1 serving loop under [`serve`] (also used by the benchmark's floor handler, so both
@@ -47,6 +81,24 @@ pub async fn serve_router(
     listener: tokio::net::TcpListener,
     header_timeout: Duration,
     shutdown_timeout: Duration,
+) -> std::io::Result<()> {
+    serve_router_until(
+        router,
+        listener,
+        header_timeout,
+        shutdown_timeout,
+        shutdown_signal(),
+    )
+    .await
+}
+
+/// [`serve_router`] until `shutdown` completes (its output names the signal, for the log).
+pub async fn serve_router_until(
+    router: axum::Router,
+    listener: tokio::net::TcpListener,
+    header_timeout: Duration,
+    shutdown_timeout: Duration,
+    shutdown: impl std::future::Future<Output = &'static str>,
 ) -> std::io::Result<()> {
     use hyper_util::rt::{TokioIo, TokioTimer};
     use hyper_util::server::graceful::GracefulShutdown;
@@ -59,7 +111,7 @@ pub async fn serve_router(
         .keep_alive(true);
     let service = TowerToHyperService::new(router);
     let graceful = GracefulShutdown::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+    let mut shutdown = std::pin::pin!(shutdown);
     let signal = loop {
         tokio::select! {
             sig = &mut shutdown => break sig,

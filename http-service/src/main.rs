@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ratewall_server::settings::{parse_listen, DEFAULT_LISTEN};
+use ratewall_server::settings::{parse_listen, GrpcListen, DEFAULT_GRPC_LISTEN, DEFAULT_LISTEN};
 use ratewall_server::state::{AppState, ConfigSource};
 
 /// The ratewall check service.
@@ -17,6 +17,10 @@ struct Cli {
     /// Listen address (overrides `listen` in the file).
     #[arg(long, env = "RATEWALL_LISTEN")]
     listen: Option<String>,
+    /// gRPC listen address (Envoy RLS v3 and ext_authz v3, h2c) or `off` (overrides
+    /// `grpc_listen` in the file; default 127.0.0.1:8081).
+    #[arg(long, env = "RATEWALL_GRPC_LISTEN")]
+    grpc_listen: Option<String>,
     /// Validate the configuration, print the effective config, and exit.
     #[arg(long)]
     check_config: bool,
@@ -69,7 +73,30 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("# ratewall-server effective configuration ({origin}); listening on {listen}");
+    // flag/env > file > default; only an address given explicitly must bind (the default is
+    // best effort, so that an HTTP-only deployment does not fail when 8081 is taken)
+    let (grpc, grpc_required) = match cli.grpc_listen.as_deref() {
+        Some(t) => match GrpcListen::parse(t) {
+            Ok(g) => (g, true),
+            Err(e) => {
+                eprintln!("ratewall-server: configuration error: --grpc-listen: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => match loaded.service.grpc_listen {
+            Some(g) => (g, true),
+            None => match GrpcListen::parse(DEFAULT_GRPC_LISTEN) {
+                Ok(g) => (g, false),
+                Err(e) => {
+                    eprintln!("ratewall-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        },
+    };
+    println!(
+        "# ratewall-server effective configuration ({origin}); listening on {listen}, gRPC {grpc}"
+    );
     print!("{}", loaded.effective_yaml());
     if cli.check_config {
         return ExitCode::SUCCESS;
@@ -90,7 +117,25 @@ fn main() -> ExitCode {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-        ratewall_server::serve(state, listener)
+        let grpc_listener = match grpc {
+            GrpcListen::Off => None,
+            GrpcListen::At(addr) => match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) if grpc_required => {
+                    return Err(format!("cannot listen (gRPC) on {addr}: {e}"));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        %addr,
+                        error = %e,
+                        "gRPC listener not started: the default address is taken; set grpc_listen \
+                         (or --grpc-listen) to an address, or to off"
+                    );
+                    None
+                }
+            },
+        };
+        ratewall_server::serve_all(state, listener, grpc_listener)
             .await
             .map_err(|e| e.to_string())
     });

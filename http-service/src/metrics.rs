@@ -29,14 +29,28 @@ pub enum Endpoint {
     Check = 0,
     /// `/authz` (proxy mode).
     Authz = 1,
+    /// gRPC `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`.
+    Rls = 2,
+    /// gRPC `envoy.service.auth.v3.Authorization/Check` (ext_authz).
+    GrpcAuthz = 3,
 }
 
 impl Endpoint {
-    /// `check` or `authz`.
+    /// Every endpoint, in label order.
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Check,
+        Endpoint::Authz,
+        Endpoint::Rls,
+        Endpoint::GrpcAuthz,
+    ];
+
+    /// `check`, `authz`, `rls` or `grpc_authz`.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Check => "check",
             Endpoint::Authz => "authz",
+            Endpoint::Rls => "rls",
+            Endpoint::GrpcAuthz => "grpc_authz",
         }
     }
 }
@@ -83,11 +97,11 @@ pub struct Metrics {
     backend_errors: AtomicU64,
     fail_open: AtomicU64,
     fail_closed: AtomicU64,
-    bad_requests: [AtomicU64; 2],
+    bad_requests: [AtomicU64; Endpoint::ALL.len()],
     timeouts: AtomicU64,
     reload_ok: AtomicU64,
     reload_failed: AtomicU64,
-    latency: [Histogram; 2],
+    latency: [Histogram; Endpoint::ALL.len()],
 }
 
 /// Store-side figures read at scrape time.
@@ -310,7 +324,7 @@ impl Metrics {
             "counter",
             "Requests rejected with 400.",
         );
-        for e in [Endpoint::Check, Endpoint::Authz] {
+        for e in Endpoint::ALL {
             let _ = writeln!(
                 w,
                 "ratewall_bad_requests_total{{endpoint=\"{}\"}} {}",
@@ -369,7 +383,7 @@ impl Metrics {
             "histogram",
             "Time to decide one request (plan + store), by endpoint.",
         );
-        for e in [Endpoint::Check, Endpoint::Authz] {
+        for e in Endpoint::ALL {
             let h = &self.latency[e as usize];
             let mut cum = 0u64;
             for (i, b) in BUCKETS.iter().enumerate() {

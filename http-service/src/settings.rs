@@ -2,6 +2,7 @@
 //! service's own keys ([`SERVICE_KEYS`]) in the same YAML file. See `docs/SERVICE.md`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use axum::http::HeaderName;
@@ -16,10 +17,46 @@ pub const SERVICE_KEYS: &[&str] = &[
     "shutdown_timeout_ms",
     "watch_config",
     "authz",
+    "grpc_listen",
+    "descriptor_config",
+    "rls_response_headers",
 ];
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Default gRPC listen address (Envoy RLS v3 and ext_authz v3, h2c).
+pub const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:8081";
+
+/// Where the gRPC listener listens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrpcListen {
+    /// No gRPC listener (`off`).
+    Off,
+    /// This address.
+    At(SocketAddr),
+}
+
+impl GrpcListen {
+    /// Parse `host:port` or `off`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("off") {
+            return Ok(GrpcListen::Off);
+        }
+        parse_listen(s)
+            .map(GrpcListen::At)
+            .map_err(|e| format!("{e}, or \"off\""))
+    }
+}
+
+impl std::fmt::Display for GrpcListen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GrpcListen::Off => f.write_str("off"),
+            GrpcListen::At(a) => a.fmt(f),
+        }
+    }
+}
 
 /// The policy used when no `--config` is given (printed at start-up).
 pub const DEFAULT_POLICY: &str = r#"# ratewall-server built-in default policy (no --config given)
@@ -105,8 +142,16 @@ pub struct ServiceSettings {
     pub shutdown_timeout: Duration,
     /// Reload when the config file changes (SIGHUP always reloads).
     pub watch_config: bool,
-    /// Proxy mode.
+    /// Proxy mode (`/authz` and gRPC ext_authz).
     pub authz: AuthzSettings,
+    /// `grpc_listen` from the file (the CLI and `RATEWALL_GRPC_LISTEN` take precedence).
+    pub grpc_listen: Option<GrpcListen>,
+    /// `descriptor_config`: an envoyproxy/ratelimit config file or directory, as written
+    /// (relative paths are relative to the config file's directory).
+    pub descriptor_config: Option<PathBuf>,
+    /// Whether `ShouldRateLimit` answers carry the core's headers in `response_headers_to_add`
+    /// (off by default: Envoy renders its own from the statuses with `enable_x_ratelimit_headers`).
+    pub rls_response_headers: bool,
 }
 
 impl Default for ServiceSettings {
@@ -117,6 +162,9 @@ impl Default for ServiceSettings {
             shutdown_timeout: Duration::from_millis(30_000),
             watch_config: true,
             authz: AuthzSettings::default(),
+            grpc_listen: None,
+            descriptor_config: None,
+            rls_response_headers: false,
         }
     }
 }
@@ -129,6 +177,17 @@ struct RawService {
     shutdown_timeout_ms: Option<u64>,
     watch_config: Option<bool>,
     authz: Option<RawAuthz>,
+    grpc_listen: Option<RawGrpcListen>,
+    descriptor_config: Option<String>,
+    rls_response_headers: Option<bool>,
+}
+
+/// `grpc_listen`: an address, `off`, or `false`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawGrpcListen {
+    Text(String),
+    Flag(bool),
 }
 
 /// `null` in a header key disables that header; absent keeps the default.
@@ -194,6 +253,28 @@ impl ServiceSettings {
         s.request_timeout = millis("request_timeout_ms", raw.request_timeout_ms, 5_000)?;
         s.shutdown_timeout = millis("shutdown_timeout_ms", raw.shutdown_timeout_ms, 30_000)?;
         s.watch_config = raw.watch_config.unwrap_or(true);
+        s.grpc_listen =
+            match raw.grpc_listen {
+                None => None,
+                Some(RawGrpcListen::Flag(false)) => Some(GrpcListen::Off),
+                Some(RawGrpcListen::Flag(true)) => return Err(cfg_err(
+                    "grpc_listen",
+                    "true is not an address: give host:port (default 127.0.0.1:8081) or \"off\"",
+                )),
+                Some(RawGrpcListen::Text(t)) => {
+                    Some(GrpcListen::parse(&t).map_err(|m| cfg_err("grpc_listen", m))?)
+                }
+            };
+        if let Some(d) = raw.descriptor_config {
+            if d.trim().is_empty() {
+                return Err(cfg_err(
+                    "descriptor_config",
+                    "is empty: give a file or a directory of envoyproxy/ratelimit configs",
+                ));
+            }
+            s.descriptor_config = Some(PathBuf::from(d));
+        }
+        s.rls_response_headers = raw.rls_response_headers.unwrap_or(false);
         if let Some(a) = raw.authz {
             let set = |slot: &mut Option<HeaderName>, key: &str, v: Option<Option<String>>| match v
             {
@@ -258,6 +339,9 @@ impl ServiceSettings {
             "request_timeout_ms": self.request_timeout.as_millis() as u64,
             "shutdown_timeout_ms": self.shutdown_timeout.as_millis() as u64,
             "watch_config": self.watch_config,
+            "grpc_listen": self.grpc_listen.map(|g| g.to_string()),
+            "descriptor_config": self.descriptor_config.as_ref().map(|p| p.display().to_string()),
+            "rls_response_headers": self.rls_response_headers,
             "authz": {
                 "user_header": opt(&a.user_header),
                 "tenant_header": opt(&a.tenant_header),
