@@ -13,6 +13,7 @@
 //! See `docs/SERVICE.md`.
 
 pub mod api;
+pub mod descriptor_files;
 pub mod grpc;
 pub mod identity;
 pub mod metrics;
