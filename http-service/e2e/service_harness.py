@@ -77,12 +77,17 @@ class Server:
     def __init__(self, config: str | None, tmp: Path, env: dict | None = None, args=()):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # the gRPC listener on a free port too (never the default 8081, which may be taken)
+        self.grpc_port = free_port()
+        self.grpc = f"127.0.0.1:{self.grpc_port}"
         self.config_path = None
         if config is not None:
             self.config_path = tmp / f"ratewall-{self.port}.yaml"
             self.config_path.write_text(config)
         assert BIN.exists(), f"{BIN} not found: run `cargo build --release -p ratewall-server`"
         cmd = [str(BIN), "--listen", f"127.0.0.1:{self.port}"]
+        if not any(str(a).startswith("--grpc-listen") for a in args):
+            cmd += ["--grpc-listen", self.grpc]
         if self.config_path:
             cmd += ["--config", str(self.config_path)]
         cmd += list(args)
