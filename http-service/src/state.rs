@@ -219,6 +219,9 @@ impl AppState {
         if loaded.service.listen != current.loaded.service.listen {
             tracing::warn!("`listen` changed: takes effect at the next restart");
         }
+        if loaded.service.grpc_listen != current.loaded.service.grpc_listen {
+            tracing::warn!("`grpc_listen` changed: takes effect at the next restart");
+        }
         if loaded.limiter.memory_max_keys != current.loaded.limiter.memory_max_keys
             && loaded.limiter.backend == Backend::Memory
         {
