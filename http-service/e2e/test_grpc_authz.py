@@ -8,6 +8,9 @@ sends them raw (`encode_raw_headers: true`)."""
 
 import http.client
 import json
+import signal
+import threading
+import time
 
 import pytest
 import requests
@@ -145,8 +148,39 @@ def test_fail_closed_when_ratewall_or_its_store_is_down(servers, envoys, upstrea
         assert r.status_code == 503, r.text
         assert r.headers["retry-after"] == "1"
         assert r.json()["reason"] == "backend_unavailable"
-    # ratewall is down: Envoy's failure_mode_allow decides (status_on_error 503)
+    # ratewall is slow (paused past the 0.5 s timeout): Envoy's failure_mode_allow decides
+    rw.send(signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        assert requests.get(closed.url + "/s", headers={"x-user-id": "carol"}, timeout=5).status_code == 503
+        assert requests.get(allow.url + "/s", headers={"x-user-id": "carol"}, timeout=5).status_code == 200
+        assert time.monotonic() - t < 4
+    finally:
+        rw.send(signal.SIGCONT)
+    # ratewall is down: the same (status_on_error 503)
     rw.stop()
     assert requests.get(closed.url + "/c", headers={"x-user-id": "carol"}, timeout=5).status_code == 503
     assert requests.get(allow.url + "/c", headers={"x-user-id": "carol"}, timeout=5).status_code == 200
-    assert [p for _, p, _ in upstream.seen] == ["/a", "/c"]
+    assert [p for _, p, _ in upstream.seen] == ["/a", "/s", "/c"]
+
+
+def test_two_envoys_share_one_limit_through_one_redis_exactly(servers, envoys, upstream, redis_server):
+    conf = f"by_user: \"12/h\"\nalgorithm: sliding_window\nbackend: redis\nredis_url: {redis_server.url}\n"
+    a, b = servers(conf), servers(conf)
+    ea = envoys(envoy_config(a.grpc_port, upstream.port))
+    eb = envoys(envoy_config(b.grpc_port, upstream.port))
+    codes, lock = [], threading.Lock()
+
+    def hammer(envoy):
+        for i in range(10):
+            c = requests.get(f"{envoy.url}/{i}", headers={"x-user-id": "dave"}, timeout=5).status_code
+            with lock:
+                codes.append(c)
+
+    threads = [threading.Thread(target=hammer, args=(e,)) for e in (ea, eb, ea, eb)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(codes) == [200] * 12 + [429] * 28, codes
+    assert len(upstream.seen) == 12
