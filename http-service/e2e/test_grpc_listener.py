@@ -19,6 +19,10 @@ def accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def grpc_line(out: str) -> str:
+    return next(ln for ln in out.splitlines() if ln.startswith("# gRPC"))
+
+
 def run(args, env=None):
     return subprocess.run([str(BIN), *args], capture_output=True, text=True, timeout=30, env=env or {})
 
@@ -34,7 +38,7 @@ def test_listens_where_told_and_stops_with_http(tmp_path):
 def test_off_from_the_flag_and_from_the_file(tmp_path):
     s = Server("by_user: \"5/m\"\n", tmp_path, args=["--grpc-listen", "off"])
     assert "gRPC listening" not in s.stdout()
-    assert "gRPC off" in s.stdout()
+    assert grpc_line(s.stdout()) == "# gRPC (RLS v3, ext_authz v3): off"
     s.stop()
     # the file alone
     cfg = tmp_path / "off.yaml"
@@ -48,20 +52,20 @@ def test_off_from_the_flag_and_from_the_file(tmp_path):
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
-    assert "gRPC off" in out and "gRPC listening" not in out, out
+    assert grpc_line(out).endswith(": off") and "gRPC listening" not in out, out
     # precedence: flag > environment > file > default
     cfg.write_text(f"by_user: \"5/m\"\ngrpc_listen: 127.0.0.1:{port}\n")
     p = run(["--config", str(cfg), "--check-config"])
     assert p.returncode == 0, p.stderr
     assert f"grpc_listen: 127.0.0.1:{port}" in p.stdout
-    assert f"gRPC 127.0.0.1:{port}" in p.stdout.splitlines()[0]
+    assert grpc_line(p.stdout).endswith(f": 127.0.0.1:{port}")
     p = run(["--config", str(cfg), "--check-config"], env={"RATEWALL_GRPC_LISTEN": "off"})
-    assert "gRPC off" in p.stdout.splitlines()[0]
+    assert grpc_line(p.stdout).endswith(": off")
     p = run(["--config", str(cfg), "--check-config", "--grpc-listen", "127.0.0.1:1"],
             env={"RATEWALL_GRPC_LISTEN": "off"})
-    assert "gRPC 127.0.0.1:1" in p.stdout.splitlines()[0]
+    assert grpc_line(p.stdout).endswith(": 127.0.0.1:1")
     p = run(["--check-config"])
-    assert "gRPC 127.0.0.1:8081" in p.stdout.splitlines()[0]
+    assert grpc_line(p.stdout).endswith(": 127.0.0.1:8081")
 
 
 def test_bad_and_taken_addresses(tmp_path):

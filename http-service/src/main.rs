@@ -94,9 +94,8 @@ fn main() -> ExitCode {
             },
         },
     };
-    println!(
-        "# ratewall-server effective configuration ({origin}); listening on {listen}, gRPC {grpc}"
-    );
+    println!("# ratewall-server effective configuration ({origin}); listening on {listen}");
+    println!("# gRPC (RLS v3, ext_authz v3): {grpc}");
     print!("{}", loaded.effective_yaml());
     if cli.check_config {
         return ExitCode::SUCCESS;
