@@ -114,7 +114,15 @@ impl ConfigSource {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         };
-        Loaded::from_yaml(&text, self.redis_url.as_deref()).map_err(|e| e.to_string())
+        let loaded =
+            Loaded::from_yaml(&text, self.redis_url.as_deref()).map_err(|e| e.to_string())?;
+        if loaded.service.descriptor_config.is_some() {
+            // never silently ignored: the RLS rules arrive with the core's descriptor language
+            return Err("descriptor_config: the descriptor policy language is not in this build \
+                        yet (RLS rules cannot be loaded)"
+                .to_string());
+        }
+        Ok(loaded)
     }
 }
 
