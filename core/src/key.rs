@@ -6,6 +6,8 @@
 //! tenant    = "t-" | "t" enc(tenant)
 //! dimension = ":u" enc(user) | ":s" enc(user) enc(server) | ":T" | ":k" enc(tool)
 //!           | ":d" enc(limit-name) count ":" enc(value)*
+//!           | ":r" enc(domain) count ":" entry*                    (descriptor rules, RLS)
+//! entry     = enc(key) ( "v" enc(value) | "p" enc(shared wildcard pattern) )
 //! enc(x)    = len ":" x               if x has at most 64 bytes   (len in decimal)
 //!           | "#" hex(SHA-256(x))     otherwise
 //! ```
@@ -24,6 +26,9 @@ use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
 
+#[cfg(feature = "descriptors")]
+use crate::config::descriptors::Entry;
+
 /// Components longer than this are replaced by their SHA-256.
 pub const MAX_RAW_COMPONENT: usize = 64;
 
@@ -40,6 +45,20 @@ pub enum DimKey<'a> {
     Tool(&'a str),
     /// A named descriptor limit and the values of its descriptors, in configured order.
     Descriptor(&'a str, &'a [&'a str]),
+    /// A descriptor rule of an RLS domain (see [`crate::config::descriptors`]): the domain and
+    /// every entry of the request descriptor, in request order. `shared[i]`, when present and
+    /// `Some`, is the wildcard pattern that replaces entry `i`'s value (`share_threshold`: every
+    /// value matching it shares one counter); it is tagged apart from values, so a request value
+    /// that spells the pattern never lands on the shared counter.
+    #[cfg(feature = "descriptors")]
+    Rls {
+        /// The request's domain.
+        domain: &'a str,
+        /// The request descriptor's entries, in order.
+        entries: &'a [Entry<'a>],
+        /// Per entry: the shared pattern replacing its value (may be shorter than `entries`).
+        shared: &'a [Option<String>],
+    },
 }
 
 fn enc(out: &mut String, x: &str) {
@@ -120,6 +139,29 @@ pub fn cell_key(
             let _ = write!(k, "{}:", values.len());
             for v in values {
                 enc(&mut k, v);
+            }
+        }
+        #[cfg(feature = "descriptors")]
+        DimKey::Rls {
+            domain,
+            entries,
+            shared,
+        } => {
+            k.push_str(":r");
+            enc(&mut k, domain);
+            let _ = write!(k, "{}:", entries.len());
+            for (i, e) in entries.iter().enumerate() {
+                enc(&mut k, e.key);
+                match shared.get(i).and_then(Option::as_deref) {
+                    Some(pattern) => {
+                        k.push('p');
+                        enc(&mut k, pattern);
+                    }
+                    None => {
+                        k.push('v');
+                        enc(&mut k, e.value);
+                    }
+                }
             }
         }
     }

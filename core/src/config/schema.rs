@@ -32,6 +32,7 @@ pub const CORE_KEYS: &[&str] = &[
     "clock",
     "headers",
     "memory_max_keys",
+    "domains",
 ];
 
 /// A generic named limit over request descriptors (header values, API keys, ...).
@@ -71,6 +72,8 @@ pub struct RawConfig {
     pub clock: Option<String>,
     pub headers: Option<String>,
     pub memory_max_keys: Option<u64>,
+    /// envoyproxy/ratelimit configuration documents, inline (see `config::descriptors`).
+    pub domains: Option<serde_json::Value>,
 }
 
 /// The closest known key to `unknown`, if any is close enough to be a likely typo.
