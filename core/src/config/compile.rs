@@ -756,10 +756,7 @@ impl LimiterConfig {
     /// A domain defined twice is an error naming both origins; rules without their own
     /// `algorithm` are checked against this config's `algorithm`.
     #[cfg(feature = "descriptors")]
-    pub fn with_domains(
-        mut self,
-        set: super::descriptors::DomainSet,
-    ) -> Result<Self, ConfigError> {
+    pub fn with_domains(mut self, set: super::descriptors::DomainSet) -> Result<Self, ConfigError> {
         set.check_algorithms(self.policy.algorithm)?;
         let merged = self.policy.domains.merged(set)?;
         self.policy.domains = std::sync::Arc::new(merged);

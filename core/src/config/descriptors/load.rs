@@ -41,13 +41,7 @@ pub(super) fn load_document(label: &str, raw: RawDocument) -> Result<Domain, Con
         nodes: Vec::new(),
         rules: Vec::new(),
     };
-    let root = loader.level(
-        raw.descriptors.unwrap_or_default(),
-        "",
-        &domain,
-        &[],
-        0,
-    )?;
+    let root = loader.level(raw.descriptors.unwrap_or_default(), "", &domain, &[], 0)?;
     let Loader { nodes, rules, .. } = loader;
 
     let mut names: Vec<String> = rules
@@ -82,6 +76,14 @@ pub(super) fn load_document(label: &str, raw: RawDocument) -> Result<Domain, Con
         names,
         override_name,
     })
+}
+
+/// `e` about the rate string `text`, naming `written` (the fields it was built from) instead.
+pub(super) fn shown_as(mut e: ConfigError, text: &str, written: &str) -> ConfigError {
+    if let Some(rest) = e.message.strip_prefix(&format!("{text:?}: ")) {
+        e.message = format!("{written}: {rest}");
+    }
+    e
 }
 
 fn sub(path: &str, field: &str) -> String {
@@ -123,15 +125,25 @@ impl Loader<'_> {
                 Some(Text(k)) if !k.is_empty() => k.clone(),
                 _ => return Err(self.err(&sub(&p, "key"), "descriptor has an empty key")),
             };
-            let value = d.value.as_ref().map(|t| t.0.clone()).filter(|v| !v.is_empty());
+            let value = d
+                .value
+                .as_ref()
+                .map(|t| t.0.clone())
+                .filter(|v| !v.is_empty());
             if let Some((_, _, j)) = seen.iter().find(|(k, v, _)| *k == key && *v == value) {
-                let shown = match &value {
-                    Some(v) => format!("{full_key}.{key}_{v}"),
-                    None => format!("{full_key}.{key}"),
+                let (shown, what) = match &value {
+                    Some(v) => (
+                        format!("{full_key}.{key}_{v}"),
+                        format!("key {key:?} with value {v:?}"),
+                    ),
+                    None => (
+                        format!("{full_key}.{key}"),
+                        format!("key {key:?} without a value"),
+                    ),
                 };
                 return Err(self.err(
                     &p,
-                    format!("duplicate descriptor composite key {shown:?} (key {key:?}, value {value:?}; first at {list_path}[{j}])"),
+                    format!("duplicate descriptor composite key {shown:?} ({what} is also at {list_path}[{j}])"),
                 ));
             }
             seen.push((key.clone(), value.clone(), i));
@@ -163,7 +175,13 @@ impl Loader<'_> {
             let rule = match d.rate_limit {
                 None => None,
                 Some(rl) => {
-                    let rule = self.rule(rl, &sub(&p, "rate_limit"), &node_key, &node_shared, flag(d.shadow_mode))?;
+                    let rule = self.rule(
+                        rl,
+                        &sub(&p, "rate_limit"),
+                        &node_key,
+                        &node_shared,
+                        flag(d.shadow_mode),
+                    )?;
                     self.rules.push(rule);
                     Some((self.rules.len() - 1) as u32)
                 }
@@ -275,7 +293,9 @@ impl Loader<'_> {
                 if present {
                     return Err(self.err(
                         &sub(path, field),
-                        format!("give either rate ({text:?}) or unit with requests_per_unit, not both"),
+                        format!(
+                            "give either rate ({text:?}) or unit with requests_per_unit, not both"
+                        ),
                     ));
                 }
             }
@@ -307,7 +327,13 @@ impl Loader<'_> {
                 Some(n) => n,
             };
             let text = format!("{rpu}/{}", unit.rate_word());
-            let limits = self.limits(&rate_path, &text, algorithm, name.as_deref(), node_key)?;
+            let written = format!("{rpu} per {unit_text}");
+            let mut limits = self
+                .limits(&rate_path, &text, algorithm, name.as_deref(), node_key)
+                .map_err(|e| shown_as(e, &text, &written))?;
+            if let RuleLimit::Limits { written: w, .. } = &mut limits {
+                *w = Some(written);
+            }
             (limits, Some(unit))
         };
         let shared = if shared.iter().any(Option::is_some) {
@@ -347,7 +373,10 @@ impl Loader<'_> {
         if rate.limits().len() > MAX_LIMITS_PER_RULE {
             return Err(self.err(
                 path,
-                format!("{text:?} has {} limits; a rule may have at most {MAX_LIMITS_PER_RULE}", rate.limits().len()),
+                format!(
+                    "{text:?} has {} limits; a rule may have at most {MAX_LIMITS_PER_RULE}",
+                    rate.limits().len()
+                ),
             ));
         }
         let base = header_safe(name.unwrap_or(node_key));
@@ -368,6 +397,7 @@ impl Loader<'_> {
             limits,
             algorithm,
             rate_text: text.to_string(),
+            written: None,
         })
     }
 }

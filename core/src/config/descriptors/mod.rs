@@ -168,10 +168,14 @@ impl DomainSet {
                 if let RuleLimit::Limits {
                     algorithm: None,
                     rate_text,
+                    written,
                     ..
                 } = &r.limit
                 {
-                    rate_at(&r.path, rate_text, algorithm)?;
+                    rate_at(&r.path, rate_text, algorithm).map_err(|e| match written {
+                        Some(w) => load::shown_as(e, rate_text, w),
+                        None => e,
+                    })?;
                 }
             }
         }

@@ -192,7 +192,9 @@ fn check_bounds(
             if e.key.is_empty() {
                 return Err(DescriptorError::EmptyKey(i, j));
             }
-            bytes = bytes.saturating_add(e.key.len()).saturating_add(e.value.len());
+            bytes = bytes
+                .saturating_add(e.key.len())
+                .saturating_add(e.value.len());
         }
         if let Some(h) = d.hits_addend.filter(|h| *h > MAX_COUNT) {
             return Err(DescriptorError::HitsAddendTooLarge(Some(i), h));
@@ -300,7 +302,16 @@ impl Policy {
                         let shared = rule.shared.as_slice();
                         let alg = own.unwrap_or(algorithm);
                         for (limit, name) in limits {
-                            let cell = self.rls_cell(dom, d, shared, *limit, alg, *name, cost, rule.shadow);
+                            let cell = self.rls_cell(
+                                dom,
+                                d,
+                                shared,
+                                *limit,
+                                alg,
+                                *name,
+                                cost,
+                                rule.shadow,
+                            );
                             let at = out.add(cell, i, &mut owner)?;
                             out.refs.push(at);
                         }
@@ -315,7 +326,16 @@ impl Policy {
                 Matched::Override(limit) => {
                     let start = out.refs.len() as u16;
                     let shadow = false;
-                    let cell = self.rls_cell(dom, d, &[], *limit, algorithm, dom.override_name, cost, shadow);
+                    let cell = self.rls_cell(
+                        dom,
+                        d,
+                        &[],
+                        *limit,
+                        algorithm,
+                        dom.override_name,
+                        cost,
+                        shadow,
+                    );
                     let at = out.add(cell, i, &mut owner)?;
                     out.refs.push(at);
                     Slot::Limited {

@@ -15,7 +15,10 @@ use crate::config::ConfigError;
 
 /// One configuration document: one domain.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a document mapping {domain, descriptors}"
+)]
 pub(super) struct RawDocument {
     pub domain: Option<Text>,
     pub descriptors: Option<Vec<RawDescriptor>>,
@@ -23,7 +26,10 @@ pub(super) struct RawDocument {
 
 /// One node of the descriptor tree.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a descriptor mapping {key, value, rate_limit, descriptors, ...}"
+)]
 pub(super) struct RawDescriptor {
     pub key: Option<Text>,
     pub value: Option<Text>,
@@ -46,7 +52,10 @@ pub(super) struct RawDescriptor {
 
 /// A `rate_limit` block.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rate_limit mapping {unit, requests_per_unit, ...}"
+)]
 pub(super) struct RawRateLimit {
     pub requests_per_unit: Option<u64>,
     pub unit: Option<Text>,
@@ -62,7 +71,7 @@ pub(super) struct RawRateLimit {
 
 /// One `replaces` entry.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = "a replaces entry {name}")]
 pub(super) struct RawReplaces {
     pub name: Option<Text>,
 }
@@ -142,7 +151,15 @@ pub(super) fn yaml_documents(
     origin: &str,
     text: &str,
 ) -> Result<Vec<(String, RawDocument)>, ConfigError> {
-    let several = serde_yaml::Deserializer::from_str(text).nth(1).is_some();
+    // Several documents? (Counted up to the first one that does not parse.)
+    let mut count = 0;
+    for doc in serde_yaml::Deserializer::from_str(text).take(2) {
+        if IgnoredAny::deserialize(doc).is_err() {
+            break;
+        }
+        count += 1;
+    }
+    let several = count > 1;
     let mut out = Vec::new();
     for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let label = if several {
@@ -150,8 +167,8 @@ pub(super) fn yaml_documents(
         } else {
             origin.to_string()
         };
-        let value: Option<RawDocument> = serde_path_to_error::deserialize(doc)
-            .map_err(|e| located(&label, &e.path().to_string(), e.into_inner().to_string()))?;
+        let value: Option<RawDocument> =
+            serde_path_to_error::deserialize(doc).map_err(|e| serde_error(&label, e))?;
         if let Some(doc) = value {
             out.push((label, doc));
         }
@@ -182,8 +199,8 @@ pub(super) fn inline_documents(
         let label = format!("domains[{i}]");
         let mut doc = doc.clone();
         scalars_as_text(&mut doc, &label, "")?;
-        let raw: RawDocument = serde_path_to_error::deserialize(&doc)
-            .map_err(|e| located(&label, &e.path().to_string(), e.into_inner().to_string()))?;
+        let raw: RawDocument =
+            serde_path_to_error::deserialize(&doc).map_err(|e| serde_error(&label, e))?;
         out.push((label, raw));
     }
     Ok(out)
@@ -227,6 +244,17 @@ fn scalars_as_text(v: &mut serde_json::Value, label: &str, path: &str) -> Result
         _ => {}
     }
     Ok(())
+}
+
+/// A deserialization error at its path. YAML messages repeat (part of) the path: dropped.
+fn serde_error<E: std::fmt::Display>(label: &str, e: serde_path_to_error::Error<E>) -> ConfigError {
+    let path = e.path().to_string();
+    let message = e.into_inner().to_string();
+    let message = match message.split_once(": ") {
+        Some((head, rest)) if !head.contains(' ') && path.starts_with(head) => rest.to_string(),
+        _ => message,
+    };
+    located(label, &path, message)
 }
 
 /// An error at `path` (possibly empty: the document itself) of document `label`.

@@ -92,7 +92,9 @@ fn current(r: &DimensionResult, name: Option<PolicyName>) -> CurrentLimit {
 }
 
 /// The deciding result among `cells` (module doc); `None` if `cells` is empty.
-fn deciding<'d>(cells: impl Iterator<Item = &'d DimensionResult> + Clone) -> Option<&'d DimensionResult> {
+fn deciding<'d>(
+    cells: impl Iterator<Item = &'d DimensionResult> + Clone,
+) -> Option<&'d DimensionResult> {
     let mut denying = cells.clone().filter(|r| !r.outcome.allowed).peekable();
     if denying.peek().is_some() {
         let mut never = None;

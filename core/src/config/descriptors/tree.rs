@@ -62,6 +62,9 @@ pub(super) enum RuleLimit {
         /// The rate as a rate string (`unit`-based rules: synthesized), re-checked against the
         /// config's algorithm when the rule has none of its own.
         rate_text: String,
+        /// `unit`-based rules: the written fields (`500 per second`), shown in errors instead
+        /// of `rate_text`.
+        written: Option<String>,
     },
 }
 
@@ -114,7 +117,10 @@ impl Children {
     /// The child an entry leads to (exact, then wildcard, then bare key).
     fn step(&self, entry: &Entry<'_>) -> Option<NodeId> {
         let g = self.group(entry.key)?;
-        if let Ok(i) = g.exact.binary_search_by(|(v, _)| v.as_str().cmp(entry.value)) {
+        if let Ok(i) = g
+            .exact
+            .binary_search_by(|(v, _)| v.as_str().cmp(entry.value))
+        {
             return g.exact.get(i).map(|(_, n)| *n);
         }
         if let Some((_, n)) = g.wildcards.iter().find(|(p, _)| p.matches(entry.value)) {

@@ -54,10 +54,7 @@ impl Pattern {
             return false;
         }
         // `fixed_len <= len` guarantees `first.len() <= len - last.len()`.
-        let Some(mut middle) = value
-            .as_bytes()
-            .get(first.len()..value.len() - last.len())
-        else {
+        let Some(mut middle) = value.as_bytes().get(first.len()..value.len() - last.len()) else {
             return false;
         };
         let inner = &self.segments[1..self.segments.len() - 1];
