@@ -140,9 +140,6 @@ impl Domain {
             if i == last {
                 return node.rule.and_then(|r| self.rules.get(r as usize));
             }
-            if node.children.groups.is_empty() {
-                return None;
-            }
             children = &node.children;
         }
         None
