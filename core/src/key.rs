@@ -85,6 +85,29 @@ fn fnv1a64(parts: &[&[u8]]) -> u64 {
     h
 }
 
+/// Room beyond 64 bytes a dimension's key part may need (so building a key allocates once).
+#[cfg(feature = "descriptors")]
+fn extra_len(dim: &DimKey<'_>) -> usize {
+    let DimKey::Rls {
+        domain, entries, ..
+    } = dim
+    else {
+        return 0;
+    };
+    // enc(x) is at most 65 bytes, plus a length of at most 2 digits and ':'.
+    let enc_len = |x: &str| x.len().min(MAX_RAW_COMPONENT + 1) + 3;
+    enc_len(domain)
+        + entries
+            .iter()
+            .map(|e| enc_len(e.key) + enc_len(e.value) + 1)
+            .sum::<usize>()
+}
+
+#[cfg(not(feature = "descriptors"))]
+fn extra_len(_: &DimKey<'_>) -> usize {
+    0
+}
+
 /// Build the storage key of one (dimension, limit) cell. See the module doc for the grammar.
 ///
 /// ```
@@ -102,7 +125,7 @@ pub fn cell_key(
     algorithm: Algorithm,
     window_secs: u64,
 ) -> String {
-    let mut k = String::with_capacity(prefix.len() + 64);
+    let mut k = String::with_capacity(prefix.len() + 64 + extra_len(&dim));
     k.push_str(prefix);
     match tenant {
         Some(t) => {

@@ -282,6 +282,21 @@ impl Policy {
             };
             matched.push(m);
         }
+        // At most one cell per limit of each rule kept: one allocation for the cells.
+        let most: usize = matched
+            .iter()
+            .map(|m| match m {
+                Matched::Rule(r) if !r.name_id.is_some_and(|n| replaced.contains(&n)) => {
+                    match &r.limit {
+                        RuleLimit::Limits { limits, .. } => limits.len(),
+                        RuleLimit::Unlimited => 0,
+                    }
+                }
+                Matched::Override(_) => 1,
+                _ => 0,
+            })
+            .sum();
+        out.plan.cells.reserve_exact(most);
         // Which descriptor owns each cell (for conflict errors).
         let mut owner: SmallVec<[u16; 8]> = SmallVec::new();
         for (i, (d, m)) in descriptors.iter().zip(&matched).enumerate() {
