@@ -86,6 +86,9 @@ fn lim(count: u64, window: u64) -> Got {
     Got::Limits(vec![(count, window)])
 }
 
+/// A request descriptor as `(key, value)` pairs, with its `hits_addend`.
+type Desc<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
+
 /// A config and a memory store on a manual clock at [`T0`].
 struct Rig {
     cfg: LimiterConfig,
@@ -107,7 +110,7 @@ impl Rig {
     fn ask(
         &self,
         domain: &str,
-        descriptors: &[(&[(&str, &str)], Option<u64>)],
+        descriptors: &[Desc<'_>],
         hits: u64,
     ) -> (Decision, Vec<DescriptorStatus>) {
         let owned: Vec<Vec<Entry<'_>>> = descriptors.iter().map(|(p, _)| entries(p)).collect();

@@ -689,13 +689,6 @@ impl LimiterConfig {
                 std::sync::Arc::new(set)
             }
         };
-        #[cfg(not(feature = "descriptors"))]
-        if raw.domains.is_some() {
-            return Err(err(
-                "domains",
-                "the descriptor policy language (RLS domains) is not available in this packaging",
-            ));
-        }
 
         Ok(Self {
             policy: Policy {

@@ -73,6 +73,7 @@ pub struct RawConfig {
     pub headers: Option<String>,
     pub memory_max_keys: Option<u64>,
     /// envoyproxy/ratelimit configuration documents, inline (see `config::descriptors`).
+    #[cfg(feature = "descriptors")]
     pub domains: Option<serde_json::Value>,
 }
 
@@ -103,6 +104,13 @@ pub fn split_and_parse(
     let mut core = serde_json::Map::new();
     let mut extra = serde_json::Map::new();
     for (k, v) in map {
+        #[cfg(not(feature = "descriptors"))]
+        if k == "domains" {
+            return Err(ConfigError::new(
+                &k,
+                "the descriptor policy language (RLS domains) is not available in this packaging",
+            ));
+        }
         if CORE_KEYS.contains(&k.as_str()) {
             core.insert(k, v);
         } else if extra_keys.contains(&k.as_str()) {
