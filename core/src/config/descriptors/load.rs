@@ -1,6 +1,8 @@
 //! Validation of one document into a compiled [`Domain`]: every error names the document
 //! (origin) and the path in it.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::algorithm::Algorithm;
 use crate::config::compile::{header_safe, rate_at, PolicyName};
 use crate::config::rate::parse_rate;
@@ -116,9 +118,9 @@ impl Loader<'_> {
                 format!("descriptors nested deeper than {MAX_ENTRIES} levels can never match (a request descriptor has at most {MAX_ENTRIES} entries)"),
             ));
         }
-        let mut children = Children::default();
-        // (key, value) of each entry of this level, for duplicate detection.
-        let mut seen: Vec<(String, Option<String>, usize)> = Vec::new();
+        // Groups by key (sorted by the map); (key, value) -> index, for duplicate detection.
+        let mut groups: BTreeMap<String, KeyGroup> = BTreeMap::new();
+        let mut seen: HashMap<(String, Option<String>), usize> = HashMap::new();
         for (i, d) in list.into_iter().enumerate() {
             let p = format!("{list_path}[{i}]");
             let key = match &d.key {
@@ -130,7 +132,7 @@ impl Loader<'_> {
                 .as_ref()
                 .map(|t| t.0.clone())
                 .filter(|v| !v.is_empty());
-            if let Some((_, _, j)) = seen.iter().find(|(k, v, _)| *k == key && *v == value) {
+            if let Some(j) = seen.insert((key.clone(), value.clone()), i) {
                 let (shown, what) = match &value {
                     Some(v) => (
                         format!("{full_key}.{key}_{v}"),
@@ -146,7 +148,6 @@ impl Loader<'_> {
                     format!("duplicate descriptor composite key {shown:?} ({what} is also at {list_path}[{j}])"),
                 ));
             }
-            seen.push((key.clone(), value.clone(), i));
 
             if flag(d.quota_mode) {
                 return Err(self.err(
@@ -199,38 +200,24 @@ impl Loader<'_> {
                 children: grand,
             });
 
-            let at = match children
-                .groups
-                .binary_search_by(|g| g.key.as_str().cmp(&key))
-            {
-                Ok(at) => at,
-                Err(at) => {
-                    children.groups.insert(
-                        at,
-                        KeyGroup {
-                            key: key.clone(),
-                            exact: Vec::new(),
-                            wildcards: Vec::new(),
-                            bare: None,
-                        },
-                    );
-                    at
-                }
-            };
-            let g = &mut children.groups[at];
+            let g = groups.entry(key.clone()).or_insert_with(|| KeyGroup {
+                key,
+                exact: Vec::new(),
+                wildcards: Vec::new(),
+                bare: None,
+            });
             match (value, pattern) {
                 (None, _) => g.bare = Some(id),
                 (Some(_), Some(pat)) => g.wildcards.push((pat, id)),
-                (Some(v), None) => {
-                    let at = g
-                        .exact
-                        .binary_search_by(|(x, _)| x.as_str().cmp(&v))
-                        .unwrap_or_else(|at| at);
-                    g.exact.insert(at, (v, id));
-                }
+                (Some(v), None) => g.exact.push((v, id)),
             }
         }
-        Ok(children)
+        let mut groups: Vec<KeyGroup> = groups.into_values().collect();
+        for g in &mut groups {
+            // No repeats (checked above): an unstable sort is deterministic.
+            g.exact.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
+        Ok(Children { groups })
     }
 
     /// Compile one `rate_limit` block at `path` of the node whose stats-style key is `node_key`.

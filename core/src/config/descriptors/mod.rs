@@ -60,8 +60,6 @@ mod tree;
 mod unit;
 mod wildcard;
 
-use std::collections::BTreeMap;
-
 use crate::algorithm::Algorithm;
 use crate::config::compile::rate_at;
 use crate::config::ConfigError;
@@ -202,13 +200,7 @@ impl DomainSet {
         let list: Vec<serde_json::Value> = self
             .domains
             .iter()
-            .map(|d| {
-                let mut m = BTreeMap::new();
-                m.insert("domain", serde_json::Value::from(d.name.clone()));
-                m.insert("origin", serde_json::Value::from(d.origin.clone()));
-                m.insert("rules", serde_json::Value::from(d.rules.len()));
-                serde_json::json!(m)
-            })
+            .map(|d| serde_json::json!({"domain": d.name, "origin": d.origin, "rules": d.rules.len()}))
             .collect();
         serde_json::Value::Array(list)
     }

@@ -283,15 +283,14 @@ impl Policy {
             matched.push(m);
         }
         // At most one cell per limit of each rule kept: one allocation for the cells.
+        let kept = |r: &Rule| !r.name_id.is_some_and(|n| replaced.contains(&n));
         let most: usize = matched
             .iter()
             .map(|m| match m {
-                Matched::Rule(r) if !r.name_id.is_some_and(|n| replaced.contains(&n)) => {
-                    match &r.limit {
-                        RuleLimit::Limits { limits, .. } => limits.len(),
-                        RuleLimit::Unlimited => 0,
-                    }
-                }
+                Matched::Rule(r) if kept(r) => match &r.limit {
+                    RuleLimit::Limits { limits, .. } => limits.len(),
+                    RuleLimit::Unlimited => 0,
+                },
                 Matched::Override(_) => 1,
                 _ => 0,
             })
@@ -303,9 +302,7 @@ impl Policy {
             let cost = d.hits_addend.unwrap_or(nominal);
             let slot = match m {
                 Matched::Free => Slot::Free,
-                Matched::Rule(rule) if rule.name_id.is_some_and(|n| replaced.contains(&n)) => {
-                    Slot::Free
-                }
+                Matched::Rule(rule) if !kept(rule) => Slot::Free,
                 Matched::Rule(rule) => match &rule.limit {
                     RuleLimit::Unlimited => Slot::Unlimited,
                     RuleLimit::Limits {
