@@ -20,8 +20,6 @@
 //! algorithm's state. Every key of one request shares the tenant's hash tag, so one Redis script
 //! may touch all of them on a cluster.
 
-use std::fmt::Write;
-
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
@@ -61,14 +59,24 @@ pub enum DimKey<'a> {
     },
 }
 
+/// Lowercase hexadecimal digits.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` in decimal (no formatting machinery: keys are built on every request).
+fn push_decimal(out: &mut String, n: usize) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
+
 fn enc(out: &mut String, x: &str) {
     if x.len() <= MAX_RAW_COMPONENT {
-        let _ = write!(out, "{}:", x.len());
+        push_decimal(out, x.len());
+        out.push(':');
         out.push_str(x);
     } else {
         out.push('#');
         for b in Sha256::digest(x.as_bytes()) {
-            let _ = write!(out, "{b:02x}");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
 }
@@ -129,11 +137,20 @@ pub fn cell_key(
     k.push_str(prefix);
     match tenant {
         Some(t) => {
-            let _ = write!(k, ":{{{:016x}}}", fnv1a64(&[b"t", t.as_bytes()]));
+            let h = fnv1a64(&[b"t", t.as_bytes()]);
+            k.push_str(":{");
+            for shift in (0..16).rev() {
+                k.push(char::from(HEX[((h >> (shift * 4)) & 15) as usize]));
+            }
+            k.push('}');
         }
         None => k.push_str(":{-}"),
     }
-    let _ = write!(k, ":{}:{}:", algorithm.key_tag(), window_secs);
+    k.push(':');
+    k.push_str(algorithm.key_tag());
+    k.push(':');
+    k.push_str(itoa::Buffer::new().format(window_secs));
+    k.push(':');
     match tenant {
         Some(t) => {
             k.push('t');
@@ -159,7 +176,8 @@ pub fn cell_key(
         DimKey::Descriptor(name, values) => {
             k.push_str(":d");
             enc(&mut k, name);
-            let _ = write!(k, "{}:", values.len());
+            push_decimal(&mut k, values.len());
+            k.push(':');
             for v in values {
                 enc(&mut k, v);
             }
@@ -172,7 +190,8 @@ pub fn cell_key(
         } => {
             k.push_str(":r");
             enc(&mut k, domain);
-            let _ = write!(k, "{}:", entries.len());
+            push_decimal(&mut k, entries.len());
+            k.push(':');
             for (i, e) in entries.iter().enumerate() {
                 enc(&mut k, e.key);
                 match shared.get(i).and_then(Option::as_deref) {
@@ -201,6 +220,34 @@ mod tests {
         let k = cell_key("rl", Some(&long), DimKey::User(&long), Algorithm::Gcra, 1);
         assert!(k.len() < 200, "{k}");
         assert!(k.contains('#'));
+    }
+
+    /// The formatting-free writers give what `format!` gives (keys must not change).
+    #[test]
+    fn keys_are_those_format_would_build() {
+        let long = "é".repeat(40);
+        for tenant in ["acme", "", long.as_str()] {
+            let k = cell_key(
+                "rl",
+                Some(tenant),
+                DimKey::User(&long),
+                Algorithm::Gcra,
+                86_400,
+            );
+            let tag = format!("{:016x}", fnv1a64(&[b"t", tenant.as_bytes()]));
+            let hash = |x: &str| {
+                Sha256::digest(x.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            };
+            let t = if tenant.len() > 64 {
+                format!("#{}", hash(tenant))
+            } else {
+                format!("{}:{tenant}", tenant.len())
+            };
+            assert_eq!(k, format!("rl:{{{tag}}}:gcra:86400:t{t}:u#{}", hash(&long)));
+        }
     }
 
     #[test]
