@@ -10,6 +10,27 @@
 //!   at which every denying cell admits the request; `Retry-After` is that delay rounded *up* to
 //!   whole seconds, at least 1 (never too early). If some cell can never admit it (`cost > limit`)
 //!   the reason is [`DenyReason::CostExceedsLimit`] and there is no `Retry-After`.
+//!
+//! # Shadow cells
+//!
+//! A cell with [`Cell::shadow`] is evaluated, counted and reported like any other, but never
+//! denies the request: `allowed` is true iff every *enforced* (non-shadow) cell admits it. A shadow
+//! cell that would deny keeps its own `outcome.allowed == false` (the would-be denial is visible
+//! per dimension) and sets [`Decision::shadow_denied`].
+//!
+//! What the headers describe ([`Decision::reported`], `Retry-After`, the IETF policy list) is
+//! chosen among the enforced cells only, so a client is never told about a limit that cannot
+//! stop it. When *every* cell is shadow (global `shadow_mode`), they describe the would-be
+//! decision instead, as envoyproxy/ratelimit's shadow mode does (its statuses keep the would-be
+//! `OVER_LIMIT`, remaining 0, so Envoy's `X-RateLimit-*` headers show the would-be values while
+//! the request passes): the reported cell is the one the would-be denial would report (or, if no
+//! cell would deny, the one with the fewest remaining units), and there is never a `Retry-After`.
+//!
+//! # Commits
+//!
+//! A store commits cell `i` iff the decision is allowed, cell `i`'s own outcome admitted, and
+//! `cell.cost > 0` ([`crate::store::commits`]): a shadow cell that would deny is not charged (for
+//! itself it behaves as if enforced), and a cell of cost 0 is checked without consuming.
 
 use smallvec::SmallVec;
 
@@ -17,7 +38,7 @@ use crate::algorithm::Outcome;
 use crate::clock::Micros;
 use crate::config::compile::PolicyName;
 use crate::config::rate::Limit;
-use crate::config::{DimensionKind, Plan};
+use crate::config::{Cell, DimensionKind, Plan};
 
 /// Why a request was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,8 +74,10 @@ pub struct DimensionResult {
     pub name: PolicyName,
     /// The limit.
     pub limit: Limit,
-    /// What the algorithm said.
+    /// What the algorithm said (for a shadow cell: what it would have said if enforced).
     pub outcome: Outcome,
+    /// The cell is shadow: its outcome never denies the request.
+    pub shadow: bool,
 }
 
 impl DimensionResult {
@@ -92,6 +115,9 @@ pub struct Decision {
     pub dimensions: Dimensions,
     /// Request cost.
     pub cost: u64,
+    /// Some shadow cell would have denied the request (it was allowed regardless, if nothing
+    /// enforced denied it).
+    pub shadow_denied: bool,
 }
 
 /// `ceil(us / 1e6)`.
@@ -111,6 +137,7 @@ impl Decision {
             retry_after_secs: None,
             dimensions: Dimensions::new(),
             cost: 1,
+            shadow_denied: false,
         }
     }
 
@@ -125,6 +152,7 @@ impl Decision {
             retry_after_secs: Some(1),
             dimensions: Dimensions::new(),
             cost: 1,
+            shadow_denied: false,
         }
     }
 
@@ -133,7 +161,7 @@ impl Decision {
     pub fn combine(plan: &Plan, now: Micros, outcomes: impl IntoIterator<Item = Outcome>) -> Self {
         let mut d = Self::pending(now, plan.cost);
         for (c, o) in plan.cells.iter().zip(outcomes) {
-            d.push(c.dimension, c.name, c.limit, o);
+            d.push(c, o);
         }
         d.settle();
         d
@@ -161,54 +189,68 @@ impl Decision {
             retry_after_secs: None,
             dimensions: Dimensions::new(),
             cost,
+            shadow_denied: false,
         }
     }
 
-    /// Append the result of the next cell (plan order).
+    /// Append the outcome of the next cell (plan order).
     #[inline(always)]
-    pub fn push(
-        &mut self,
-        dimension: DimensionKind,
-        name: PolicyName,
-        limit: Limit,
-        outcome: Outcome,
-    ) {
+    pub fn push(&mut self, cell: &Cell, outcome: Outcome) {
         self.dimensions.push(DimensionResult {
-            dimension,
-            name,
-            limit,
+            dimension: cell.dimension,
+            name: cell.name,
+            limit: cell.limit,
             outcome,
+            shadow: cell.shadow,
         });
     }
 
-    /// Decide from the pushed results: allowed iff every cell admits; pick the reported cell
-    /// and, when denied, `retry_at` / `Retry-After` (module docs). No results: unlimited.
+    /// Decide from the pushed results: allowed iff every enforced cell admits; pick the reported
+    /// cell and, when denied, `retry_at` / `Retry-After` (module docs). No results: unlimited.
     #[inline(always)]
     pub fn settle(&mut self) {
         self.reason = None;
         self.reported = None;
         self.retry_at = None;
         self.retry_after_secs = None;
+        self.shadow_denied = false;
         if self.dimensions.is_empty() {
             self.allowed = true;
             self.cost = 1;
             return;
         }
-        self.allowed = self.dimensions.iter().all(|d| d.outcome.allowed);
-        if self.allowed {
-            let mut best = 0;
+        let mut enforced_denied = false;
+        let mut any_shadow = false;
+        for d in &self.dimensions {
+            if d.shadow {
+                any_shadow = true;
+                self.shadow_denied |= !d.outcome.allowed;
+            } else {
+                enforced_denied |= !d.outcome.allowed;
+            }
+        }
+        self.allowed = !enforced_denied;
+        // The cells the headers describe: the enforced ones, or every cell if all are shadow.
+        let all_shadow = any_shadow && self.dimensions.iter().all(|d| d.shadow);
+        let described = |d: &DimensionResult| all_shadow || !d.shadow;
+        if self.allowed && !(all_shadow && self.shadow_denied) {
+            let mut best: Option<usize> = None;
             for (i, r) in self.dimensions.iter().enumerate() {
-                if r.outcome.remaining < self.dimensions[best].outcome.remaining {
-                    best = i;
+                if described(r)
+                    && best
+                        .is_none_or(|b| r.outcome.remaining < self.dimensions[b].outcome.remaining)
+                {
+                    best = Some(i);
                 }
             }
-            self.reported = Some(best);
+            self.reported = best;
             return;
         }
+        // Denied by an enforced cell, or (every cell shadow) the would-be denial.
         let mut never = None;
         let mut latest: Option<(usize, Micros)> = None;
         for (i, r) in self.dimensions.iter().enumerate() {
-            if r.outcome.allowed {
+            if r.outcome.allowed || !described(r) {
                 continue;
             }
             match r.outcome.retry_at {
@@ -222,6 +264,11 @@ impl Decision {
                 }
             }
         }
+        if self.allowed {
+            // Shadow only: describe the would-be denial, without Retry-After.
+            self.reported = never.or(latest.map(|(i, _)| i));
+            return;
+        }
         if let Some(i) = never {
             self.reason = Some(DenyReason::CostExceedsLimit);
             self.reported = Some(i);
@@ -231,6 +278,12 @@ impl Decision {
             self.retry_at = Some(t);
             self.retry_after_secs = Some(ceil_secs(t.saturating_sub(self.now)).max(1));
         }
+    }
+
+    /// Whether the headers describe dimension `d` of this decision: the enforced cells, or every
+    /// cell when all are shadow (module docs).
+    pub fn describes(&self, d: &DimensionResult) -> bool {
+        !d.shadow || self.dimensions.iter().all(|x| x.shadow)
     }
 
     /// The reported cell, if any.

@@ -11,6 +11,12 @@
 //!   the reported one; plus `Retry-After` when denied.
 //! * `both`: the legacy set then the IETF set (one `Retry-After`). `none`: nothing.
 //!
+//! Shadow cells ([`crate::decision`]): the headers describe the enforced cells only (a shadow
+//! cell is not listed in `RateLimit-Policy` and is never the reported one), so a client is never
+//! told about a limit that cannot stop it. When every cell is shadow they describe the would-be
+//! decision: the would-be reported cell's limit, remaining and reset, and no `Retry-After` (the
+//! request is allowed).
+//!
 //! Consistency: when denied, `t` equals `Retry-After` and `X-RateLimit-Reset` is
 //! `ceil(now + Retry-After)`, so no header ever invites a retry before `Retry-After`. A backend
 //! failure with `fail_mode: closed` renders only `Retry-After: 1`; a request no limit applies to
@@ -57,8 +63,13 @@ pub fn render(decision: &Decision, format: HeaderFormat) -> Headers {
     }
     if matches!(format, HeaderFormat::Ietf | HeaderFormat::Both) {
         let mut policy = String::new();
-        for (i, d) in decision.dimensions.iter().enumerate() {
-            if i > 0 {
+        let all_shadow = decision.dimensions.iter().all(|d| d.shadow);
+        for d in decision
+            .dimensions
+            .iter()
+            .filter(|d| all_shadow || !d.shadow)
+        {
+            if !policy.is_empty() {
                 policy.push_str(", ");
             }
             let _ = write!(

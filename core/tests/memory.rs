@@ -179,14 +179,18 @@ fn cost_above_limit_is_denied_without_retry() {
     let cfg = config("{by_user: 5/s}");
     let clock = Arc::new(ManualClock::new(T0));
     let s = store(&clock);
-    let mut plan = cfg.policy.plan(&ctx("alice", None, None)).unwrap();
-    plan.cost = 6;
+    let costly = |cost| {
+        let mut c = ctx("alice", None, None);
+        c.cost = cost;
+        cfg.policy.plan(&c).unwrap()
+    };
+    let plan = costly(6);
+    assert_eq!((plan.cost, plan.cells[0].cost), (6, 6));
     let d = s.check(&plan).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.reason, Some(DenyReason::CostExceedsLimit));
     assert_eq!(d.retry_after_secs, None);
-    plan.cost = 5;
-    assert!(s.check(&plan).unwrap().allowed);
+    assert!(s.check(&costly(5)).unwrap().allowed);
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Parity: the same seeded random scenarios (client clock) give identical decisions and headers on
-//! the memory store and on a real Redis, for every algorithm, 1 and 3 dimensions, `;` multi-limits
-//! and cost > 1; on a single node and on a 3-master cluster.
+//! the memory store and on a real Redis, for every algorithm, 1 and 3 dimensions, `;` multi-limits,
+//! cost > 1, and per-cell costs (0 included) with shadow cells; on a single node and on a
+//! 3-master cluster.
 #![cfg(all(feature = "redis", feature = "memory"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -37,6 +38,8 @@ struct Scenario {
     dims: usize,
     multi: bool,
     costly: bool,
+    /// Each cell gets its own cost (0 ..= 3) and is shadow one time in three.
+    mixed: bool,
     seed: u64,
 }
 
@@ -60,7 +63,8 @@ fn config(s: &Scenario, prefix: &str) -> LimiterConfig {
     LimiterConfig::from_json_str(&json, &[]).unwrap().0
 }
 
-async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize, usize) {
+/// Returns (denials, local denials with an earlier retry instant, shadow denials).
+async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize, usize, usize) {
     let cfg = config(s, prefix);
     let mut rng = Rng(s.seed);
     let start: u64 = 1_700_000_000_000_000 + rng.below(1_000_000);
@@ -69,6 +73,7 @@ async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize,
     let mut now = start;
     let mut denied = 0;
     let mut inexact = 0;
+    let mut shadowed = 0;
     for step in 0..80 {
         // Mostly small steps (bursts), sometimes a jump over one or more windows.
         now += match rng.below(10) {
@@ -90,12 +95,18 @@ async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize,
             cost,
             ..Default::default()
         };
-        let plan = cfg.policy.plan(&ctx).unwrap();
+        let mut plan = cfg.policy.plan(&ctx).unwrap();
+        if s.mixed {
+            for c in &mut plan.cells {
+                c.cost = rng.below(4);
+                c.shadow = rng.below(3) == 0;
+            }
+        }
         let m = memory.check(&plan).unwrap();
         let r = store.check_at(&plan, now).await.unwrap();
         let what = format!(
-            "{:?} dims={} multi={} costly={} seed={} step={step} now={now} user={user} cost={cost}",
-            s.algorithm, s.dims, s.multi, s.costly, s.seed
+            "{:?} dims={} multi={} costly={} mixed={} seed={} step={step} now={now} user={user} cost={cost}",
+            s.algorithm, s.dims, s.multi, s.costly, s.mixed, s.seed
         );
         if store.stats().negative_cache_hits == 0 {
             assert_eq!(m, r, "{what}");
@@ -120,8 +131,9 @@ async fn run_scenario(store: &RedisStore, s: &Scenario, prefix: &str) -> (usize,
         if !m.allowed {
             denied += 1;
         }
+        shadowed += usize::from(m.shadow_denied);
     }
-    (denied, inexact)
+    (denied, inexact, shadowed)
 }
 
 /// Returns (denials, local denials whose retry instant was a lower bound, negative-cache hits).
@@ -130,11 +142,12 @@ async fn parity(settings: RedisSettings, seeds: u64) -> (usize, usize, u64) {
     let store = RedisStore::connect(&settings).await.unwrap();
     let mut denied = 0;
     let mut inexact = 0;
+    let mut shadowed = 0;
     let mut n = 0;
     for algorithm in Algorithm::ALL {
         for dims in [1, 3] {
             for multi in [false, true] {
-                for costly in [false, true] {
+                for (costly, mixed) in [(false, false), (true, false), (false, true)] {
                     for seed in 0..seeds {
                         n += 1;
                         let s = Scenario {
@@ -142,16 +155,20 @@ async fn parity(settings: RedisSettings, seeds: u64) -> (usize, usize, u64) {
                             dims,
                             multi,
                             costly,
+                            mixed,
                             seed: seed * 7919 + n,
                         };
-                        let (d, i) = run_scenario(&store, &s, &format!("rwp{n}")).await;
+                        let (d, i, sh) = run_scenario(&store, &s, &format!("rwp{n}")).await;
                         denied += d;
                         inexact += i;
+                        shadowed += sh;
                     }
                 }
             }
         }
     }
+    // The mixed scenarios do exercise shadow denials.
+    assert!(shadowed > 20, "only {shadowed} shadow denials");
     let st = store.stats();
     assert_eq!(st.errors, 0);
     assert_eq!(st.script_calls + st.negative_cache_hits, n * 80);

@@ -61,11 +61,15 @@ struct DimensionOut<'a> {
     window: u64,
     allowed: bool,
     remaining: u64,
+    /// A shadow limit: evaluated and counted, never denies (`allowed: false` = would have).
+    shadow: bool,
 }
 
 #[derive(Serialize)]
 struct CheckResponse<'a> {
     allowed: bool,
+    /// Some shadow limit would have denied the request.
+    shadow_denied: bool,
     reason: Option<&'static str>,
     limit: Option<u64>,
     remaining: Option<u64>,
@@ -121,6 +125,7 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
     let rep = d.reported();
     let body = CheckResponse {
         allowed: d.allowed,
+        shadow_denied: d.shadow_denied,
         reason: d.reason.map(DenyReason::as_str),
         limit: rep.map(|r| r.limit.count()),
         remaining: d.remaining(),
@@ -137,6 +142,7 @@ fn decision_response(rt: &Runtime, d: &Decision) -> Response {
                 window: r.limit.window_secs(),
                 allowed: r.outcome.allowed,
                 remaining: r.outcome.remaining,
+                shadow: r.shadow,
             })
             .collect(),
     };
@@ -185,6 +191,7 @@ async fn decide(
     tracing::debug!(
         endpoint = endpoint.name(),
         allowed = d.allowed,
+        shadow_denied = d.shadow_denied,
         reason = d.reason.map(DenyReason::as_str),
         limit = d.reported().map(|r| r.name.as_str()),
         remaining = d.remaining(),

@@ -67,6 +67,8 @@ struct LimitCounters {
     limited: AtomicU64,
     cost_exceeds_limit: AtomicU64,
     near_limit: AtomicU64,
+    /// Decisions this (shadow) limit would have denied.
+    shadow_denied: AtomicU64,
 }
 
 type LimitMap = HashMap<&'static str, &'static LimitCounters>;
@@ -135,6 +137,16 @@ impl Metrics {
 
     /// Count one store decision.
     pub fn decision(&self, d: &Decision) {
+        if d.shadow_denied {
+            for r in d
+                .dimensions
+                .iter()
+                .filter(|r| r.shadow && !r.outcome.allowed)
+            {
+                let c = self.counters(r.name.as_str(), r.dimension.as_str());
+                c.shadow_denied.fetch_add(1, Relaxed);
+            }
+        }
         let Some(rep) = d.reported() else {
             if d.allowed {
                 self.unlimited.fetch_add(1, Relaxed);
@@ -228,6 +240,21 @@ impl Metrics {
             "ratewall_decisions_total{{limit=\"none\",dimension=\"none\",outcome=\"allowed\"}} {}",
             self.unlimited.load(Relaxed)
         );
+        head(
+            w,
+            "ratewall_shadow_denials_total",
+            "counter",
+            "Requests a shadow limit would have denied (they were not denied for it).",
+        );
+        for (name, c) in &limits {
+            let _ = writeln!(
+                w,
+                "ratewall_shadow_denials_total{{limit=\"{}\",dimension=\"{}\"}} {}",
+                escape(name),
+                c.dimension,
+                c.shadow_denied.load(Relaxed)
+            );
+        }
         head(
             w,
             "ratewall_near_limit_total",

@@ -145,3 +145,31 @@ async fn reload_validates_first_and_keeps_counters() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn check_shows_a_shadow_denial_and_allows() {
+    let yaml = "by_user: \"5/m\"\nlimits:\n  - {name: keys, descriptors: [key], rate: \"1/m\", shadow_mode: true}\n";
+    let (st, _) = state(yaml).await;
+    let body = r#"{"user":"a","descriptors":{"key":"k1"}}"#;
+    let (s, _, v) = call(&st, check(body)).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["shadow_denied"], false);
+    let (s, h, v) = call(&st, check(body)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["allowed"], true);
+    assert_eq!(v["shadow_denied"], true);
+    assert_eq!(v["dimensions"][1]["name"], "keys");
+    assert_eq!(v["dimensions"][1]["shadow"], true);
+    assert_eq!(v["dimensions"][1]["allowed"], false);
+    assert_eq!(v["dimensions"][0]["shadow"], false);
+    // the headers and the summary fields describe the enforced limit
+    assert_eq!(v["limit"], 5);
+    assert_eq!(v["remaining"], 3);
+    assert_eq!(h["x-ratelimit-limit"], "5");
+    assert!(h.get("retry-after").is_none());
+    let text = st.render_metrics().await;
+    assert!(
+        text.contains(r#"ratewall_shadow_denials_total{limit="keys",dimension="descriptor"} 1"#),
+        "{text}"
+    );
+}

@@ -142,6 +142,7 @@ pub fn describe(cfg: &LimiterConfig, extra: &Map<String, Value>) -> Value {
         "fail_mode": match cfg.fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
         "headers": header_format_name(cfg.headers),
         "memory_max_keys": cfg.memory_max_keys,
+        "shadow_mode": cfg.policy.shadow_mode(),
         "redis": cfg.redis.as_ref().map(|r| json!({
             "url": r.url,
             "ca_certs": r.ca_certs,

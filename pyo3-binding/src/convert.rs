@@ -5,7 +5,7 @@
 //! | code | meaning | headers | extra |
 //! |---|---|---|---|
 //! | 0 | allowed, no limit applies | `None` | `None` |
-//! | 1 | allowed | `dict` (or `None` with `headers: none`) | `None` |
+//! | 1 | allowed | `dict` (or `None` with `headers: none`) | `None`, or details `dict` when a shadow limit would have denied (`shadow_denied: true`) |
 //! | 2 | denied (`RATE_LIMIT`, 429) | `dict` | details `dict` |
 //! | 3 | backend failed, `fail_mode: closed` (503) | `{"Retry-After": "1"}` | error `str` |
 //! | 4 | backend failed, `fail_mode: open` (allowed) | `None` | error `str` |
@@ -47,7 +47,8 @@ fn headers_dict<'py>(py: Python<'py>, h: &Headers) -> PyResult<Option<Bound<'py,
     Ok(Some(d))
 }
 
-/// Per-dimension details of a denial (no identities: only policy names, limits and timings).
+/// Per-dimension details of a denial, or of an allowed request some shadow limit would have
+/// denied (no identities: only policy names, limits and timings).
 fn details<'py>(py: Python<'py>, d: &Decision) -> PyResult<Bound<'py, PyDict>> {
     let violated = PyList::empty(py);
     let allowed = PyList::empty(py);
@@ -58,6 +59,7 @@ fn details<'py>(py: Python<'py>, d: &Decision) -> PyResult<Bound<'py, PyDict>> {
         e.set_item("limit", r.limit.count())?;
         e.set_item("window", r.limit.window_secs())?;
         e.set_item("remaining", r.outcome.remaining)?;
+        e.set_item("shadow", r.shadow)?;
         e.set_item("reset_in", r.reset_in_secs(d.now))?;
         if r.outcome.allowed {
             allowed.append(e)?;
@@ -69,7 +71,8 @@ fn details<'py>(py: Python<'py>, d: &Decision) -> PyResult<Bound<'py, PyDict>> {
     dims.set_item("violated", violated)?;
     dims.set_item("allowed", allowed)?;
     let out = PyDict::new(py);
-    out.set_item("limited", true)?;
+    out.set_item("limited", !d.allowed)?;
+    out.set_item("shadow_denied", d.shadow_denied)?;
     out.set_item("reason", d.reason.map(|r| r.as_str()))?;
     out.set_item("remaining", d.remaining())?;
     out.set_item("reset_in", d.retry_after_secs)?;
@@ -100,7 +103,12 @@ pub fn to_python<'py>(
                     Some(x) => x.into_any(),
                     None => none.clone(),
                 };
-                PyTuple::new(py, [ALLOWED.into_pyobject(py)?.into_any(), hd, none])
+                let extra = if d.shadow_denied {
+                    details(py, d)?.into_any()
+                } else {
+                    none
+                };
+                PyTuple::new(py, [ALLOWED.into_pyobject(py)?.into_any(), hd, extra])
             }
         }
         Answer::Decided(d, h) => {

@@ -1,10 +1,13 @@
 """Parity: the Rust engine and the pure-Python engine give identical answers (decision,
 headers, details) on seeded random request sequences with a controlled clock, for every
-algorithm, 1 and 3 dimensions, memory and Redis."""
+algorithm, 1 and 3 dimensions, enforced and global shadow mode, memory and Redis; and the Python
+engine's memory store and its Redis store (the core's script) agree on plans with per-cell costs
+(0 included) and shadow cells."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import random
 
@@ -49,11 +52,17 @@ def engines(config: dict, clock: ManualClock):
     return Engine(text, clock), PythonEngine(compiled, script, clock.now_micros)
 
 
+def would_deny(answer) -> bool:
+    """Denied, or (shadow mode) allowed although a limit would have denied it."""
+    return answer[0] == 2 or (answer[0] == 1 and answer[2] is not None and answer[2]["shadow_denied"])
+
+
+@pytest.mark.parametrize("shadow", [False, True])
 @pytest.mark.parametrize("dims", [1, 3])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_memory_parity(algorithm, dims):
+def test_memory_parity(algorithm, dims, shadow):
     clock = ManualClock(T0)
-    cfg = dict(CONFIGS[dims], algorithm=algorithm, headers=HEADERS[dims])
+    cfg = dict(CONFIGS[dims], algorithm=algorithm, headers=HEADERS[dims], shadow_mode=shadow)
     rust, py = engines(cfg, clock)
     denied = 0
     for i, (dt, user, tenant, tool) in enumerate(sequence(ALGORITHMS.index(algorithm) * 10 + dims, 400)):
@@ -61,8 +70,9 @@ def test_memory_parity(algorithm, dims):
         a = rust.check(user, tenant, None, tool, True)
         b = py.check(user, tenant, None, tool, True)
         assert a == b, f"step {i}: rust {a} != python {b}"
-        denied += a[0] == 2
-    assert denied > 10  # the sequences do exercise denials
+        assert a[0] != 2 or not shadow, f"step {i}: shadow mode denied {a}"
+        denied += would_deny(a)
+    assert denied > 10  # the sequences do exercise (would-be) denials
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +83,20 @@ def redis_server():
 
 
 @pytest.mark.asyncio
+@pytest.mark.parametrize("shadow", [False, True])
 @pytest.mark.parametrize("dims", [1, 3])
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
-async def test_redis_parity(redis_server, algorithm, dims):
+async def test_redis_parity(redis_server, algorithm, dims, shadow):
     clock = ManualClock(T0)
     base = dict(CONFIGS[dims], algorithm=algorithm, headers=HEADERS[dims], backend="redis",
-                redis_url=redis_server.url, redis_timeout_ms=2000, redis_negative_cache_keys=0)
-    tag = f"{algorithm}-{dims}"
+                redis_url=redis_server.url, redis_timeout_ms=2000, redis_negative_cache_keys=0,
+                shadow_mode=shadow)
+    tag = f"{algorithm}-{dims}-{shadow}"
     rust = Engine(json.dumps(dict(base, redis_key_prefix=f"pr-{tag}")), clock)
     py_cfg = dict(base, redis_key_prefix=f"pp-{tag}")
     py = PythonEngine(json.loads(compile_config(json.dumps(py_cfg))), redis_script(), clock.now_micros)
-    mem = Engine(json.dumps(CONFIGS[dims] | {"algorithm": algorithm, "headers": HEADERS[dims]}), clock)
+    mem_cfg = CONFIGS[dims] | {"algorithm": algorithm, "headers": HEADERS[dims], "shadow_mode": shadow}
+    mem = Engine(json.dumps(mem_cfg), clock)
     comp = _completer()
     denied = 0
     try:
@@ -94,7 +107,8 @@ async def test_redis_parity(redis_server, algorithm, dims):
             m = mem.check(user, tenant, None, tool, True)
             assert a == b, f"step {i}: rust {a} != python {b}"
             assert a == m, f"step {i}: redis {a} != memory {m}"
-            denied += a[0] == 2
+            assert a[0] != 2 or not shadow, f"step {i}: shadow mode denied {a}"
+            denied += would_deny(a)
     finally:
         rust.close()
         await py.aclose()
@@ -121,3 +135,44 @@ def test_memory_parity_sliding_log_partly_expired(seed):
     assert denied > 10
     logs = [state for state, _ in py.memory.cells.values()]
     assert logs and all(len(log) <= 2 * 50 + 1 for log in logs)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+async def test_python_stores_agree_on_per_cell_cost_and_shadow(redis_server, algorithm):
+    """Per-cell costs (0 ..= 3) and shadow cells: the Python memory store and the core's Lua script
+    driven by the Python Redis store (the same ARGV contract as the Rust store) decide alike, and
+    follow the one commit rule (a shadow cell that would deny, or a cost-0 cell, is not charged)."""
+    from ratewall.engine_py.memory import MemoryStore
+    from ratewall.engine_py.redis_store import RedisStore
+
+    cfg = dict(CONFIGS[3], algorithm=algorithm, backend="redis", redis_url=redis_server.url,
+               redis_timeout_ms=2000, redis_key_prefix=f"pc-{algorithm}")
+    compiled = json.loads(compile_config(json.dumps(cfg)))
+    clock = ManualClock(T0)
+    py = PythonEngine(compiled, redis_script(), clock.now_micros)
+    memory = MemoryStore(algorithm, 10_000, clock.now_micros)
+    redis_store: RedisStore = py.redis
+    rng = random.Random(7)
+    shadow_denied = checks_only = 0
+    try:
+        for i, (dt, user, tenant, tool) in enumerate(sequence(500 + ALGORITHMS.index(algorithm), 300)):
+            clock.advance_micros(dt)
+            plan = py.policy.plan(user, tenant, None, tool, True)
+            only_check = rng.random() < 0.2
+            cells = [c._replace(cost=0 if only_check else rng.choice([0, 1, 1, 2, 3]),
+                                shadow=rng.random() < 0.35)
+                     for c in plan.cells]
+            plan = plan._replace(cells=cells)
+            before = copy.deepcopy(memory.cells)
+            m = memory.check(plan)
+            r = await redis_store.check(plan)
+            assert m == r, f"step {i}: memory {m} != redis {r}"
+            assert m.allowed == all(d.outcome.allowed for d in m.dimensions if not d.shadow)
+            if only_check:
+                assert memory.cells == before, f"step {i}: a cost-0 check changed the state"
+                checks_only += 1
+            shadow_denied += m.shadow_denied
+    finally:
+        await py.aclose()
+    assert shadow_denied > 5 and checks_only > 20, (shadow_denied, checks_only)

@@ -12,6 +12,13 @@
 //! clock could step backwards, and every intermediate value stays below 2^53 for the limits that
 //! [`crate::config`] accepts, so the Redis Lua script (IEEE doubles) computes bit-identical results.
 //!
+//! **Cost 0** checks a cell without consuming (RLS `hits_addend: 0`): every `peek` is defined for
+//! it and describes the current state. It is admitted whenever the state is within its limit
+//! (always, unless a caller's clock stepped back), with `remaining` = the units left now and
+//! `reset_at` = when the current usage is fully restored, by the same formulas as for a cost
+//! above 0 with `c = 0` (fixed and sliding-counter windows: the window end as usual; the sliding
+//! log: its newest entry + `W`). Stores never `commit` a cost of 0 ([`crate::store::commits`]).
+//!
 //! `reset_at` is when the dimension's quota is fully restored (nothing consumed remains counted);
 //! `retry_at` (denied requests only) is the earliest instant at which the same request would be
 //! admitted if nothing else happened; `None` when it never can (`cost > limit`).

@@ -11,6 +11,9 @@
 //!   `retry_at = live[k - 1] + W` (the k-th oldest live entry);
 //! * `reset_at` = newest entry + `W` (the whole log has expired).
 //!
+//! Cost 0 (check without consuming) is always admitted (`n <= L`) with `remaining = L - n` and
+//! `reset_at` = newest entry + `W` (now if the log is empty or expired): the current state.
+//!
 //! A commit stamps entries with `max(now, newest)` so the log stays sorted even if a caller's
 //! clock steps backwards.
 
@@ -40,12 +43,15 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     let start = first_live(s, now, w);
     let n = (s.log.len() - start) as u64;
     let newest = s.log.back().copied();
+    // An expired log is a fresh one: its reset is never in the past.
+    let log_reset = newest.map_or(now, |b| (b + w).max(now));
     if n + cost <= l {
         let stamp = newest.map_or(now, |b| b.max(now));
         Outcome {
             allowed: true,
             remaining: l - n - cost,
-            reset_at: stamp + w,
+            // Cost 0 adds no entry: the log's own reset.
+            reset_at: if cost == 0 { log_reset } else { stamp + w },
             retry_at: None,
         }
     } else {
@@ -58,8 +64,7 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
         Outcome {
             allowed: false,
             remaining: l.saturating_sub(n),
-            // An expired log is a fresh one: reset is never in the past.
-            reset_at: newest.map_or(now, |b| (b + w).max(now)),
+            reset_at: log_reset,
             retry_at,
         }
     }

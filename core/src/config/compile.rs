@@ -179,19 +179,23 @@ pub struct Cell {
     /// Policy name for headers and metrics (`user`, `tenant`, `tool:echo`, a descriptor limit's
     /// name; `-<window>s` appended when a dimension has several limits). Configured, so bounded.
     pub name: PolicyName,
-    /// Units this cell consumes (`0`: checked without consuming). [`Policy::plan`] sets the
-    /// request's cost; [`Policy::plan_descriptors`] each descriptor's `hits_addend`.
+    /// Units this cell consumes: `0` checks without consuming (RLS `hits_addend: 0`). Stores
+    /// pass it to the algorithm's `peek` and `commit` (see [`crate::store::commits`]).
+    /// [`Policy::plan`] gives every cell the request's cost, [`Policy::plan_descriptors`]
+    /// each descriptor's `hits_addend`.
     pub cost: u64,
-    /// Evaluated, counted and reported, but never denies the request.
+    /// Evaluated, counted and reported, but never denies the request (global `shadow_mode`,
+    /// or the rule's own `shadow_mode`). See [`crate::decision`].
     pub shadow: bool,
 }
 
 /// Everything one request must pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Cells in tie-break order.
+    /// Cells in tie-break order. Each carries its own cost and shadow flag (authoritative).
     pub cells: Vec<Cell>,
-    /// Units this request consumes in every cell (default 1).
+    /// The request's nominal cost ([`crate::Decision::cost`]; default 1). Stores consume each
+    /// cell's own [`Cell::cost`].
     pub cost: u64,
 }
 
@@ -301,6 +305,8 @@ struct DescriptorLimit {
     descriptors: Vec<String>,
     rate: DimRate,
     name: String,
+    /// `limits[i].shadow_mode`.
+    shadow: bool,
 }
 
 /// The compiled limits: what to check for a request.
@@ -316,6 +322,8 @@ pub struct Policy {
     /// in size-sensitive builds (the wasm filter).
     by_tool: Vec<(String, DimRate)>,
     limits: Vec<DescriptorLimit>,
+    /// `shadow_mode`: every cell is shadow.
+    shadow_mode: bool,
     /// RLS domains (descriptor rules): inline `domains` plus [`LimiterConfig::with_domains`].
     #[cfg(feature = "descriptors")]
     domains: std::sync::Arc<super::descriptors::DomainSet>,
@@ -584,6 +592,7 @@ impl LimiterConfig {
                 descriptors: l.descriptors.clone(),
                 rate: DimRate::new(&l.name, &rate),
                 name: l.name.clone(),
+                shadow: l.shadow_mode.unwrap_or(false),
             });
         }
 
@@ -699,6 +708,7 @@ impl LimiterConfig {
                 by_tenant,
                 by_tool,
                 limits,
+                shadow_mode: raw.shadow_mode.unwrap_or(false),
                 #[cfg(feature = "descriptors")]
                 domains,
             },
@@ -730,6 +740,7 @@ impl LimiterConfig {
             "fail_mode": match self.fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
             "headers": match self.headers { HeaderFormat::Legacy => "legacy", HeaderFormat::Ietf => "ietf", HeaderFormat::Both => "both", HeaderFormat::None => "none" },
             "memory_max_keys": self.memory_max_keys,
+            "shadow_mode": self.policy.shadow_mode,
             "domains": self.effective_domains(),
         })
     }
@@ -774,24 +785,39 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// What every cell of one request shares.
+#[derive(Clone, Copy)]
+struct Scope<'a> {
+    prefix: &'a str,
+    tenant: Option<&'a str>,
+    algorithm: Algorithm,
+    cost: u64,
+    shadow: bool,
+}
+
 fn push_cells(
     out: &mut Vec<Cell>,
     rate: &DimRate,
     kind: DimensionKind,
-    prefix: &str,
-    tenant: Option<&str>,
-    algorithm: Algorithm,
+    scope: Scope<'_>,
+    shadow: bool,
     dim: DimKey<'_>,
 ) {
     for (limit, name) in &rate.limits {
         out.push(Cell {
-            key: cell_key(prefix, tenant, dim, algorithm, limit.window_secs()),
+            key: cell_key(
+                scope.prefix,
+                scope.tenant,
+                dim,
+                scope.algorithm,
+                limit.window_secs(),
+            ),
             limit: *limit,
-            algorithm,
+            algorithm: scope.algorithm,
             dimension: kind,
             name: *name,
-            cost: 1,
-            shadow: false,
+            cost: scope.cost,
+            shadow: scope.shadow || shadow,
         });
     }
 }
@@ -835,6 +861,11 @@ impl Policy {
     /// The key prefix.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Whether `shadow_mode` is on (every cell is shadow: nothing is ever denied).
+    pub fn shadow_mode(&self) -> bool {
+        self.shadow_mode
     }
 
     /// Whether `by_user_per_server` is configured.
@@ -886,39 +917,30 @@ impl Policy {
         } else {
             None
         };
-        let (p, a) = (self.prefix.as_str(), self.algorithm);
+        let scope = Scope {
+            prefix: &self.prefix,
+            tenant,
+            algorithm: self.algorithm,
+            cost,
+            shadow: self.shadow_mode,
+        };
         let mut cells = Vec::new();
         if let Some(r) = &self.by_user {
-            push_cells(
-                &mut cells,
-                r,
-                DimensionKind::User,
-                p,
-                tenant,
-                a,
-                DimKey::User(user),
-            );
+            let dk = DimKey::User(user);
+            push_cells(&mut cells, r, DimensionKind::User, scope, false, dk);
         }
         if let (Some(r), Some(s)) = (&self.by_user_per_server, server) {
             let dk = DimKey::UserServer(user, s);
-            push_cells(
-                &mut cells,
-                r,
-                DimensionKind::UserPerServer,
-                p,
-                tenant,
-                a,
-                dk,
-            );
+            let kind = DimensionKind::UserPerServer;
+            push_cells(&mut cells, r, kind, scope, false, dk);
         }
         if let (Some(r), Some(_)) = (&self.by_tenant, tenant) {
             push_cells(
                 &mut cells,
                 r,
                 DimensionKind::Tenant,
-                p,
-                tenant,
-                a,
+                scope,
+                false,
                 DimKey::Tenant,
             );
         }
@@ -927,7 +949,7 @@ impl Policy {
                 let norm = normalize_name(tool);
                 if let Some(r) = self.tool_rate(&norm) {
                     let dk = DimKey::Tool(&norm);
-                    push_cells(&mut cells, r, DimensionKind::Tool, p, tenant, a, dk);
+                    push_cells(&mut cells, r, DimensionKind::Tool, scope, false, dk);
                 }
             }
         }
@@ -944,19 +966,9 @@ impl Policy {
                 .collect();
             if let Some(values) = values {
                 let dk = DimKey::Descriptor(&l.name, &values);
-                push_cells(
-                    &mut cells,
-                    &l.rate,
-                    DimensionKind::Descriptor,
-                    p,
-                    tenant,
-                    a,
-                    dk,
-                );
+                let kind = DimensionKind::Descriptor;
+                push_cells(&mut cells, &l.rate, kind, scope, l.shadow, dk);
             }
-        }
-        for c in &mut cells {
-            c.cost = cost;
         }
         Ok(Plan { cells, cost })
     }

@@ -32,6 +32,7 @@ pub const CORE_KEYS: &[&str] = &[
     "clock",
     "headers",
     "memory_max_keys",
+    "shadow_mode",
     "domains",
 ];
 
@@ -46,6 +47,9 @@ pub struct RawDescriptorLimit {
     pub descriptors: Vec<String>,
     /// Rate string.
     pub rate: String,
+    /// Evaluate and count this limit but never deny for it (see `docs/CONFIG.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow_mode: Option<bool>,
 }
 
 /// The file format (see `docs/CONFIG.md`).
@@ -72,6 +76,7 @@ pub struct RawConfig {
     pub clock: Option<String>,
     pub headers: Option<String>,
     pub memory_max_keys: Option<u64>,
+    pub shadow_mode: Option<bool>,
     /// envoyproxy/ratelimit configuration documents, inline (see `config::descriptors`).
     #[cfg(feature = "descriptors")]
     pub domains: Option<serde_json::Value>,
@@ -179,6 +184,7 @@ fn error_path(core: &serde_json::Value) -> String {
                         for (f, fv) in fields {
                             let ok = match (f.as_str(), fv) {
                                 ("name" | "rate", _) => fits::<String>(fv),
+                                ("shadow_mode", _) => fits::<Option<bool>>(fv),
                                 ("descriptors", Value::Array(ds)) => {
                                     if let Some(j) = ds.iter().position(|d| !fits::<String>(d)) {
                                         return format!("limits[{i}].descriptors[{j}]");
@@ -242,6 +248,8 @@ mod tests {
             r#"{"redis_timeout_ms": 1.5}"#,
             r#"{"redis_cluster": "yes"}"#,
             r#"{"memory_max_keys": "many", "by_user": 3}"#,
+            r#"{"shadow_mode": "yes"}"#,
+            r#"{"limits": [{"name": "k", "descriptors": ["a"], "rate": "5/s", "shadow_mode": 1}]}"#,
         ];
         for case in cases {
             let v: serde_json::Value = serde_json::from_str(case).unwrap();

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{Store, StoreError};
+use super::{commits, Store, StoreError};
 use crate::algorithm::{CellState, Outcome};
 use crate::clock::{Clock, Micros};
 use crate::config::{Cell, Plan};
@@ -341,11 +341,11 @@ impl MemoryStore {
         let mut shard = self.shards[sid].0.lock();
         let now = self.clock.now_micros();
         let found = shard.table.find_mut(hash, |s| *s.key == *cell.key);
-        let outcome = Self::peek_slot(found.as_deref(), cell, plan.cost, now);
+        let outcome = Self::peek_slot(found.as_deref(), cell, cell.cost, now);
         let decision = Decision::combine(plan, now, [outcome]);
-        if decision.allowed {
+        if commits(&decision, 0, cell) {
             match found {
-                Some(slot) => Self::commit_slot(slot, cell, plan.cost, now),
+                Some(slot) => Self::commit_slot(slot, cell, cell.cost, now),
                 None => {
                     // Expired entries go first, then (store full) the CLOCK victim.
                     self.sweep(&mut shard, now, Sweep::Incremental, |_| false);
@@ -354,7 +354,7 @@ impl MemoryStore {
                             self.sweep(&mut shard, now, mode, |_| false)
                         });
                     }
-                    let slot = Self::new_slot(cell, plan.cost, now);
+                    let slot = Self::new_slot(cell, cell.cost, now);
                     self.insert(&mut shard, hash, slot, now, false);
                 }
             }
@@ -463,14 +463,20 @@ impl MemoryStore {
                 .table
                 .find_bucket_index(s.hash, |slot| *slot.key == *cell.key);
             let slot = s.idx.and_then(|i| shard.table.get_bucket(i));
-            let outcome = Self::peek_slot(slot, cell, plan.cost, now);
-            decision.push(cell.dimension, cell.name, cell.limit, outcome);
+            let outcome = Self::peek_slot(slot, cell, cell.cost, now);
+            decision.push(cell, outcome);
         }
         decision.settle();
         if !decision.allowed {
             return Ok(());
         }
-        let new = scratch.iter().filter(|s| s.idx.is_none()).count();
+        // Only cells that commit are written (or inserted): see `store::commits`.
+        let new = scratch
+            .iter()
+            .zip(&plan.cells)
+            .enumerate()
+            .filter(|(i, (s, c))| s.idx.is_none() && commits(decision, *i, c))
+            .count();
         // Room for the new cells, never taken from this request's own cells. Between the peeks
         // above and the commits below, nothing else touches the locked tables.
         if new > 0 && self.len.0.load(Ordering::Relaxed) + new > self.max_keys {
@@ -499,17 +505,23 @@ impl MemoryStore {
         }
         // Commit existing cells by index, then insert the new ones (insertions may grow a
         //    table and so move buckets).
-        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+        for (n, (cell, s)) in plan.cells.iter().zip(scratch.iter()).enumerate() {
+            if !commits(decision, n, cell) {
+                continue;
+            }
             if let (Some(i), Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
                 if let Some(slot) = shard.table.get_bucket_mut(i) {
-                    Self::commit_slot(slot, cell, plan.cost, now);
+                    Self::commit_slot(slot, cell, cell.cost, now);
                 }
             }
         }
-        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+        for (n, (cell, s)) in plan.cells.iter().zip(scratch.iter()).enumerate() {
+            if !commits(decision, n, cell) {
+                continue;
+            }
             if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
                 // Committed and inserted cells are live: the reclaim cannot take them.
-                let slot = Self::new_slot(cell, plan.cost, now);
+                let slot = Self::new_slot(cell, cell.cost, now);
                 self.insert(shard, s.hash, slot, now, true);
             }
         }

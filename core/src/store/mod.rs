@@ -17,7 +17,7 @@ pub mod redis;
 
 use crate::algorithm::CellState;
 use crate::clock::Micros;
-use crate::config::Plan;
+use crate::config::{Cell, Plan};
 use crate::decision::Decision;
 
 /// A store failed to answer (the front end applies `fail_mode`).
@@ -62,9 +62,27 @@ pub trait Store: Send + Sync {
     fn check(&self, plan: &Plan) -> Result<Decision, StoreError>;
 }
 
-/// The all-or-nothing batch over already-loaded states: peek every cell, combine, and commit
-/// every cell only if allowed. `states[i]` is the state of `plan.cells[i]` (`None` = fresh);
-/// returns the decision and, if allowed, the new states to write back.
+/// The one commit rule every store follows: cell `i` of a decided plan consumes iff the decision
+/// is allowed, the cell's own outcome admitted the request, and its cost is above 0.
+///
+/// So a denied request consumes nowhere (all-or-nothing), a shadow cell that would deny is not
+/// charged (for itself it behaves as if it were enforced), and a cell of cost 0 is only checked.
+/// The Redis script (`script.lua`) and the Python engine apply the same rule.
+#[inline(always)]
+pub fn commits(decision: &Decision, i: usize, cell: &Cell) -> bool {
+    decision.allowed
+        && cell.cost > 0
+        && decision
+            .dimensions
+            .get(i)
+            .is_some_and(|d| d.outcome.allowed)
+}
+
+/// The all-or-nothing batch over already-loaded states: peek every cell (at its own cost),
+/// combine, and, if allowed, commit every cell that [`commits`]. `states[i]` is the state of
+/// `plan.cells[i]` (`None` = fresh); returns the decision and, if allowed, the states to write
+/// back, one per cell: committed cells' new states, and for the others the stored state unchanged
+/// (or a fresh one, which is expired and so equivalent to an absent entry).
 ///
 /// Stores that load and store state themselves (proxy-wasm shared data with CAS) use this so the
 /// semantics are exactly the memory store's.
@@ -81,8 +99,8 @@ pub fn apply_batch(
             .filter(|s| s.algorithm() == plan.cells[i].algorithm)
     };
     let outcomes = plan.cells.iter().enumerate().map(|(i, c)| match stored(i) {
-        Some(s) => s.peek(now, plan.cost, &c.limit),
-        None => c.algorithm.fresh_state().peek(now, plan.cost, &c.limit),
+        Some(s) => s.peek(now, c.cost, &c.limit),
+        None => c.algorithm.fresh_state().peek(now, c.cost, &c.limit),
     });
     let decision = Decision::combine(plan, now, outcomes);
     if !decision.allowed {
@@ -96,7 +114,9 @@ pub fn apply_batch(
             let mut s = stored(i)
                 .cloned()
                 .unwrap_or_else(|| c.algorithm.fresh_state());
-            s.commit(now, plan.cost, &c.limit);
+            if commits(&decision, i, c) {
+                s.commit(now, c.cost, &c.limit);
+            }
             s
         })
         .collect();

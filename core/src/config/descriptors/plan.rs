@@ -248,6 +248,7 @@ impl Policy {
             return Ok(out);
         };
         let algorithm = self.algorithm();
+        let global_shadow = self.shadow_mode();
         let mut matched: SmallVec<[Matched<'_>; 4]> = SmallVec::new();
         let mut replaced: SmallVec<[u32; 8]> = SmallVec::new();
         for (i, d) in descriptors.iter().enumerate() {
@@ -322,7 +323,7 @@ impl Policy {
                                 alg,
                                 *name,
                                 cost,
-                                rule.shadow,
+                                rule.shadow || global_shadow,
                             );
                             let at = out.add(cell, i, &mut owner)?;
                             out.refs.push(at);
@@ -330,14 +331,16 @@ impl Policy {
                         Slot::Limited {
                             start,
                             len: out.refs.len() as u16 - start,
-                            shadow: rule.shadow,
+                            shadow: rule.shadow || global_shadow,
                             name: rule.name,
                         }
                     }
                 },
                 Matched::Override(limit) => {
                     let start = out.refs.len() as u16;
-                    let shadow = false;
+                    // An override is never shadow on its own (as in envoyproxy/ratelimit); the
+                    // global `shadow_mode` still applies.
+                    let shadow = global_shadow;
                     let cell = self.rls_cell(
                         dom,
                         d,

@@ -3,8 +3,9 @@
 //! * **One round trip per request.** Every cell of every dimension of a [`Plan`] (all limits of a
 //!   `;` list) goes to Redis in one `EVALSHA` of [`SCRIPT`], which peeks every cell, and commits
 //!   every cell only if all admit: the memory store's all-or-nothing semantics, in one atomic
-//!   step. The script mirrors [`crate::algorithm`] exactly (integer µs; see the header of
-//!   `script.lua` for the `KEYS`/`ARGV`/reply contract) and the decision is built by
+//!   step (each cell at its own cost; shadow cells never block the commit, see
+//!   [`crate::store::commits`]). The script mirrors [`crate::algorithm`] exactly (integer µs; see
+//!   the header of `script.lua` for the `KEYS`/`ARGV`/reply contract) and the decision is built by
 //!   [`Decision::combine`], so decisions and headers are identical to the memory store's.
 //! * **Script cache.** The script is loaded lazily: on `NOSCRIPT` (first use, restart, failover,
 //!   `SCRIPT FLUSH`) the request is re-sent once as `EVAL` with the body, which also caches it.
@@ -497,7 +498,8 @@ impl RedisStore {
         }
     }
 
-    /// The `EVALSHA` command for `plan` (`now = None`: Redis `TIME`).
+    /// The `EVALSHA` command for `plan` (`now = None`: Redis `TIME`): `KEYS` = the cells' keys,
+    /// `ARGV` = now, then per cell its algorithm, count, window, cost and shadow flag.
     fn command(&self, plan: &Plan, now: Option<Micros>, sha_or_body: &str, eval: bool) -> Cmd {
         let mut cmd = redis::cmd(if eval { "EVAL" } else { "EVALSHA" });
         cmd.arg(sha_or_body).arg(plan.cells.len());
@@ -508,11 +510,12 @@ impl RedisStore {
             Some(n) => cmd.arg(n),
             None => cmd.arg(""),
         };
-        cmd.arg(plan.cost);
         for c in &plan.cells {
             cmd.arg(c.algorithm.name())
                 .arg(c.limit.count())
-                .arg(c.limit.window_secs());
+                .arg(c.limit.window_secs())
+                .arg(c.cost)
+                .arg(if c.shadow { "1" } else { "0" });
         }
         cmd
     }
@@ -718,7 +721,14 @@ mod tests {
 
     #[test]
     fn script_documents_its_contract() {
-        for needle in ["KEYS[i]", "ARGV[1]", "ARGV[2]", "ARGV[3i]", "REPLY", "TTL"] {
+        for needle in [
+            "KEYS[i]",
+            "ARGV[1]",
+            "ARGV[5i-3]",
+            "ARGV[5i+1]",
+            "REPLY",
+            "TTL",
+        ] {
             assert!(SCRIPT.contains(needle), "{needle}");
         }
         assert_eq!(script_sha().len(), 40);

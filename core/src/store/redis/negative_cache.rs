@@ -49,8 +49,8 @@ pub(crate) enum Domain {
 struct Entry {
     domain: Domain,
     cost: u64,
-    /// (key, limit count) of every cell, in plan order.
-    cells: Vec<(Box<str>, u64)>,
+    /// (key, limit count, cost, shadow) of every cell, in plan order.
+    cells: Vec<(Box<str>, u64, u64, bool)>,
     outcomes: Vec<Outcome>,
     /// The decision's `retry_at`.
     retry_at: Micros,
@@ -73,7 +73,9 @@ impl Entry {
                 .cells
                 .iter()
                 .zip(&plan.cells)
-                .all(|((k, n), c)| **k == *c.key && *n == c.limit.count())
+                .all(|((k, n, cost, shadow), c)| {
+                    **k == *c.key && *n == c.limit.count() && *cost == c.cost && *shadow == c.shadow
+                })
     }
 }
 
@@ -213,7 +215,7 @@ impl NegativeCache {
             cells: plan
                 .cells
                 .iter()
-                .map(|c| (Box::from(c.key.as_str()), c.limit.count()))
+                .map(|c| (Box::from(c.key.as_str()), c.limit.count(), c.cost, c.shadow))
                 .collect(),
             outcomes: outcomes.to_vec(),
             retry_at,

@@ -9,21 +9,28 @@
 -- below 1 / b, the distance from a non-integer quotient to the next integer).
 --
 -- CALL
---   EVALSHA <sha1 of this text> <n> KEYS[1..n] ARGV[1..2+3n]
+--   EVALSHA <sha1 of this text> <n> KEYS[1..n] ARGV[1..1+5n]
 --
 --   KEYS[i]      storage key of cell i, in plan order (core/src/key.rs). Every key of one call
 --                carries the same Redis Cluster hash tag "{...}", so the call is valid on a cluster.
 --   ARGV[1]      "now" in microseconds since the Unix epoch as a decimal integer (clock: client),
 --                or the empty string "" to read the Redis server clock with TIME (clock: server).
---   ARGV[2]      cost: units this request consumes in every cell (decimal integer >= 1).
---   ARGV[3i]     algorithm of cell i: "fixed_window" | "sliding_window" |
---                "sliding_window_counter" | "token_bucket" | "gcra".
---   ARGV[3i+1]   limit count L of cell i (decimal integer, 1 ..= 1000000).
---   ARGV[3i+2]   window of cell i in whole seconds (decimal integer, 1 ..= 31622400).
+--   then five values per cell i (i = 1..n):
+--   ARGV[5i-3]   algorithm: "fixed_window" | "sliding_window" | "sliding_window_counter" |
+--                "token_bucket" | "gcra".
+--   ARGV[5i-2]   limit count L (decimal integer, 1 ..= 4294967295).
+--   ARGV[5i-1]   window in whole seconds (decimal integer, 1 ..= 31622400).
+--   ARGV[5i]     cost: units this cell consumes (decimal integer, 0 ..= 4294967295; 0 checks the
+--                cell without consuming: allowed, remaining and reset of the current state).
+--   ARGV[5i+1]   shadow: "1" if the cell is shadow (evaluated and reported, never denies), "0" if
+--                it is enforced.
 --
 -- REPLY (array of integers, 2 + 4n entries)
---   [1]          1 if the request was admitted (and consumed in every cell), 0 if denied (nothing
+--   [1]          1 if the request was admitted (no enforced cell denies it), 0 if denied (nothing
 --                consumed anywhere: all-or-nothing, denied requests are never counted).
+--                When admitted, cell i is consumed iff it admits the request itself and its cost
+--                is above 0 (a shadow cell that would deny is not charged): the one commit rule of
+--                ratewall_core::store::commits.
 --   [2]          the "now" used, in microseconds (ARGV[1] or the server's TIME).
 --   [4i-1]       cell i admits the request: 1 or 0.
 --   [4i]         cell i remaining units (after this request if admitted, now if denied).
@@ -198,6 +205,14 @@ return {
   peek = function(s, now, cost, l, w)
     local n = s.n
     if n + cost <= l then
+      if cost == 0 then
+        -- Nothing is added: the log's own expiry (load dropped the expired entries).
+        local reset = now
+        if s.newest ~= nil then
+          reset = s.newest + w
+        end
+        return 1, l - n, reset, -1
+      end
       local stamp = now
       if s.newest ~= nil then
         stamp = math.max(s.newest, now)
@@ -369,8 +384,8 @@ return {
 
 -- the batch --------------------------------------------------------------------------------------
 local n = #KEYS
-if #ARGV ~= 2 + 3 * n then
-  return redis.error_reply('ratewall: expected ' .. (2 + 3 * n) .. ' ARGV for ' .. n .. ' keys, got ' .. #ARGV)
+if #ARGV ~= 1 + 5 * n then
+  return redis.error_reply('ratewall: expected ' .. (1 + 5 * n) .. ' ARGV for ' .. n .. ' keys, got ' .. #ARGV)
 end
 
 local now
@@ -381,13 +396,9 @@ if ARGV[1] == '' then
 else
   now = tonumber(ARGV[1])
   skew_ms = 1000
-  if now == nil or now < 0 then
+  if now == nil or now < 0 or now ~= floor(now) then
     return redis.error_reply('ratewall: ARGV[1] (now) must be empty or a non-negative integer')
   end
-end
-local cost = tonumber(ARGV[2])
-if cost == nil or cost < 1 then
-  return redis.error_reply('ratewall: ARGV[2] (cost) must be an integer >= 1')
 end
 
 local cells = {}
@@ -395,27 +406,37 @@ local reply = { 0, now }
 local all = 1
 local built = {}
 for i = 1, n do
-  local name = ARGV[3 * i]
+  local a = 5 * i - 4
+  local name = ARGV[a + 1]
   local alg = built[name]
   if alg == nil and MAKE[name] ~= nil then
     alg = MAKE[name]()
     built[name] = alg
   end
-  local l = tonumber(ARGV[3 * i + 1])
-  local ws = tonumber(ARGV[3 * i + 2])
   if alg == nil then
-    return redis.error_reply('ratewall: unknown algorithm ' .. tostring(ARGV[3 * i]))
+    return redis.error_reply('ratewall: unknown algorithm ' .. tostring(name))
   end
-  if l == nil or l < 1 or ws == nil or ws < 1 then
+  local l = tonumber(ARGV[a + 2])
+  local ws = tonumber(ARGV[a + 3])
+  if l == nil or l < 1 or l > 4294967295 or l ~= floor(l)
+    or ws == nil or ws < 1 or ws > 31622400 or ws ~= floor(ws) then
     return redis.error_reply('ratewall: bad limit or window for key ' .. KEYS[i])
+  end
+  local cost = tonumber(ARGV[a + 4])
+  if cost == nil or cost < 0 or cost > 4294967295 or cost ~= floor(cost) then
+    return redis.error_reply('ratewall: bad cost for key ' .. KEYS[i])
+  end
+  local shadow = ARGV[a + 5]
+  if shadow ~= '0' and shadow ~= '1' then
+    return redis.error_reply('ratewall: bad shadow flag for key ' .. KEYS[i])
   end
   local w = ws * 1000000
   local s = alg.load(KEYS[i], now, w)
   local ok, remaining, reset, retry = alg.peek(s, now, cost, l, w)
-  if ok == 0 then
+  if ok == 0 and shadow == '0' then
     all = 0
   end
-  cells[i] = { alg = alg, s = s, l = l, w = w }
+  cells[i] = { alg = alg, s = s, l = l, w = w, cost = cost, ok = ok }
   local b = #reply
   reply[b + 1] = ok
   reply[b + 2] = remaining
@@ -426,12 +447,14 @@ end
 if all == 1 then
   for i = 1, n do
     local c = cells[i]
-    c.alg.commit(c.s, now, cost, c.l, c.w)
-    local ttl = cdiv(sat(c.alg.expires_at(c.s, c.l, c.w), now), 1000)
-    if ttl < 1 then
-      ttl = 1
+    if c.ok == 1 and c.cost > 0 then
+      c.alg.commit(c.s, now, c.cost, c.l, c.w)
+      local ttl = cdiv(sat(c.alg.expires_at(c.s, c.l, c.w), now), 1000)
+      if ttl < 1 then
+        ttl = 1
+      end
+      c.alg.save(KEYS[i], c.s, ttl + skew_ms)
     end
-    c.alg.save(KEYS[i], c.s, ttl + skew_ms)
   end
 end
 reply[1] = all

@@ -67,7 +67,9 @@ class PythonEngine:
     def _answer(self, d: Decision) -> tuple:
         h = dict(render(d, self.headers)) or None
         if d.allowed:
-            return (1, h, None) if d.dimensions else (0, None, None)
+            if not d.dimensions:
+                return (0, None, None)
+            return (1, h, d.details() if d.shadow_denied else None)
         return (2, h, d.details())
 
     def _failed(self, err: BaseException) -> tuple:

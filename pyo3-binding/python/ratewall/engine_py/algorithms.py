@@ -2,7 +2,8 @@
 
 Each algorithm has ``peek(state, now, cost, count, window_us) -> Outcome`` (no mutation),
 ``commit(state, now, cost, count, window_us) -> new state`` and ``expires_at(state, count,
-window_us)``. Time is integer microseconds; states are small tuples (``None`` = fresh). The
+window_us)``. ``peek`` is defined for cost 0 (check without consuming: the current state); stores
+never commit a cost of 0. Time is integer microseconds; states are small tuples (``None`` = fresh). The
 arithmetic is the Rust code's, on Python integers (no overflow, so the results are identical for
 every limit the configuration accepts).
 """
@@ -64,7 +65,11 @@ def sw_peek(s, now, cost, l, w):
     start = _first_live(log, now, w)
     n = len(log) - start
     newest = log[-1] if log else None
+    # An expired log is a fresh one: its reset is never in the past (as the core's sliding_window).
+    log_reset = now if newest is None else max(newest + w, now)
     if n + cost <= l:
+        if cost == 0:  # nothing is added: the log's own reset
+            return Outcome(True, l - n, log_reset, None)
         stamp = now if newest is None else max(newest, now)
         return Outcome(True, l - n - cost, stamp + w, None)
     retry_at = None
@@ -73,8 +78,7 @@ def sw_peek(s, now, cost, l, w):
         idx = start + k - 1
         if idx < len(log):
             retry_at = log[idx] + w
-    # An expired log is a fresh one: reset is never in the past (as the core's sliding_window).
-    return Outcome(False, max(l - n, 0), now if newest is None else max(newest + w, now), retry_at)
+    return Outcome(False, max(l - n, 0), log_reset, retry_at)
 
 
 def sw_commit(s, now, cost, l, w):

@@ -24,8 +24,11 @@ def render(decision: Decision, fmt: str) -> list[tuple[str, str]]:
         out.append(("X-RateLimit-Remaining", str(remaining)))
         out.append(("X-RateLimit-Reset", str(ceil_secs(reset_at))))
     if fmt in ("ietf", "both"):
+        all_shadow = all(d.shadow for d in decision.dimensions)
         policy = ", ".join(
-            f'"{d.name}";q={d.count};w={d.window_secs}' for d in decision.dimensions
+            f'"{d.name}";q={d.count};w={d.window_secs}'
+            for d in decision.dimensions
+            if all_shadow or not d.shadow
         )
         out.append(("RateLimit-Policy", policy))
         if not decision.allowed and decision.retry_after_secs is not None:

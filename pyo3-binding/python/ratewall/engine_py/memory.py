@@ -1,7 +1,8 @@
 """The in-process store: a dict of cell states under one lock, all-or-nothing per request.
 
 Same decisions as the Rust ``MemoryStore`` (it reads "now" after taking the lock, peeks every
-cell, commits every cell only if all admit). Bounded by ``max_keys``: an insertion into a full
+cell at its own cost, and commits the cells that ``Decision.commits``: all-or-nothing over the
+enforced cells). Bounded by ``max_keys``: an insertion into a full
 store first drops expired cells (which never changes a decision), then the oldest inserted one.
 """
 
@@ -45,13 +46,15 @@ class MemoryStore:
                 entry = self.cells.get(c.key)
                 states.append(None if entry is None else entry[0])
             outcomes = [
-                alg.peek(s, now, plan.cost, c.count, c.window_us)
+                alg.peek(s, now, c.cost, c.count, c.window_us)
                 for s, c in zip(states, plan.cells)
             ]
             decision = Decision.combine(plan.cells, now, plan.cost, outcomes)
             if decision.allowed:
-                for s, c in zip(states, plan.cells):
-                    new = alg.commit(s, now, plan.cost, c.count, c.window_us)
+                for i, (s, c) in enumerate(zip(states, plan.cells)):
+                    if not decision.commits(i, c):
+                        continue
+                    new = alg.commit(s, now, c.cost, c.count, c.window_us)
                     expires = alg.expires_at(new, c.count, c.window_us)
                     if s is None and len(self.cells) >= self.max_keys:
                         self._make_room(now)

@@ -36,11 +36,13 @@ class Cell(NamedTuple):
     window_us: int
     dimension: str
     name: str
+    cost: int  # units this cell consumes (0: checked, never consumed)
+    shadow: bool  # evaluated and reported, never denies
 
 
 class Plan(NamedTuple):
     cells: list[Cell]
-    cost: int
+    cost: int  # the request's nominal cost; each cell carries its own
 
 
 def _limits(specs) -> list[tuple[int, int, str]]:
@@ -56,15 +58,18 @@ class Policy:
         self.by_user_per_server = _limits(compiled["by_user_per_server"])
         self.by_tenant = _limits(compiled["by_tenant"])
         self.by_tool = {k: _limits(v) for k, v in compiled["by_tool"].items()}
+        self.shadow_mode: bool = bool(compiled.get("shadow_mode", False))
 
     @property
     def has_per_server(self) -> bool:
         return bool(self.by_user_per_server)
 
-    def _push(self, out, limits, dimension, tenant, dim_part):
+    def _push(self, out, limits, dimension, tenant, dim_part, cost):
         for count, window, name in limits:
             key = keys.scope(self.prefix, tenant, self.key_tag, window) + dim_part
-            out.append(Cell(key, count, window, window * 1_000_000, dimension, name))
+            out.append(
+                Cell(key, count, window, window * 1_000_000, dimension, name, cost, self.shadow_mode)
+            )
 
     def plan(
         self,
@@ -91,17 +96,17 @@ class Policy:
                 raise ContextError("server_id", SERVER_ID_INVALID)
         cells: list[Cell] = []
         if self.by_user:
-            self._push(cells, self.by_user, "user", tenant, keys.user_key(user))
+            self._push(cells, self.by_user, "user", tenant, keys.user_key(user), cost)
         if self.by_user_per_server and srv is not None:
             self._push(
                 cells, self.by_user_per_server, "user_per_server", tenant,
-                keys.user_server_key(user, srv),
+                keys.user_server_key(user, srv), cost,
             )
         if self.by_tenant and tenant is not None:
-            self._push(cells, self.by_tenant, "tenant", tenant, keys.TENANT_KEY)
+            self._push(cells, self.by_tenant, "tenant", tenant, keys.TENANT_KEY, cost)
         if tool is not None and self.by_tool:
             norm = normalize_name(tool)
             limits = self.by_tool.get(norm)
             if limits:
-                self._push(cells, limits, "tool", tenant, keys.tool_key(norm))
+                self._push(cells, limits, "tool", tenant, keys.tool_key(norm), cost)
         return Plan(cells, cost)

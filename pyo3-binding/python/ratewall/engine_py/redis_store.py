@@ -3,7 +3,7 @@
 ``EVALSHA`` per request, ``EVAL`` once after ``NOSCRIPT``.
 
 The script's header documents the call: ``KEYS`` = the plan's cell keys, ``ARGV`` = now (µs, or
-empty for the server's ``TIME``), cost, then (algorithm, count, window) per cell; the reply is
+empty for the server's ``TIME``), then (algorithm, count, window, cost, shadow) per cell; the reply is
 ``[admitted, now, (allowed, remaining, reset_at, retry_at or -1) per cell]``, combined here
 exactly like the core's ``Decision::combine``.
 """
@@ -70,9 +70,10 @@ class RedisStore:
         if not plan.cells:
             return Decision(allowed=True, now=self.clock())
         keys = [c.key for c in plan.cells]
-        args: list = ["" if not self.client_clock else str(self.clock()), str(plan.cost)]
+        args: list = ["" if not self.client_clock else str(self.clock())]
         for c in plan.cells:
-            args += [self.algorithm, str(c.count), str(c.window_secs)]
+            args += [self.algorithm, str(c.count), str(c.window_secs), str(c.cost),
+                     "1" if c.shadow else "0"]
         client = self._client()
         from redis.exceptions import NoScriptError
 
