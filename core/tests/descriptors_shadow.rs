@@ -32,6 +32,9 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 5}
 "#;
 
+/// A request descriptor as `(key, value)` pairs, with its `hits_addend`.
+type Desc<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
+
 struct Rig {
     cfg: LimiterConfig,
     store: MemoryStore,
@@ -52,11 +55,7 @@ impl Rig {
         }
     }
 
-    fn ask(
-        &self,
-        descriptors: &[(&[(&str, &str)], Option<u64>)],
-        hits: u64,
-    ) -> (Decision, Vec<DescriptorStatus>) {
+    fn ask(&self, descriptors: &[Desc<'_>], hits: u64) -> (Decision, Vec<DescriptorStatus>) {
         let owned: Vec<Vec<Entry<'_>>> = descriptors
             .iter()
             .map(|(p, _)| p.iter().map(|&(key, value)| Entry { key, value }).collect())
