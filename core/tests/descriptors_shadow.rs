@@ -5,16 +5,11 @@
 #![cfg(all(feature = "descriptors", feature = "memory"))]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod descriptor_rig;
 
-use ratewall_core::clock::ManualClock;
-use ratewall_core::config::descriptors::{
-    DescriptorStatus, DomainSet, Entry, RequestDescriptor, StatusCode,
-};
-use ratewall_core::config::LimiterConfig;
+use descriptor_rig::{config, Rig as Base};
+use ratewall_core::config::descriptors::{DescriptorStatus, StatusCode};
 use ratewall_core::decision::Decision;
-use ratewall_core::store::memory::MemoryStore;
-use ratewall_core::store::Store;
 
 const RULES: &str = r#"
 domain: auth
@@ -32,51 +27,20 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 5}
 "#;
 
-/// A request descriptor as `(key, value)` pairs, with its `hits_addend`.
-type Desc<'a> = (&'a [(&'a str, &'a str)], Option<u64>);
-
-struct Rig {
-    cfg: LimiterConfig,
-    store: MemoryStore,
-}
+/// The shared rig, asking domain `auth`.
+struct Rig(Base);
 
 impl Rig {
     fn new(base: &str) -> Self {
-        let set = DomainSet::from_documents(&[("auth.yaml", RULES)]).unwrap();
-        let cfg = LimiterConfig::from_yaml_str(base, &[])
-            .unwrap()
-            .0
-            .with_domains(set)
-            .unwrap();
-        let clock = Arc::new(ManualClock::new(1_700_000_040 * 1_000_000_000));
-        Self {
-            cfg,
-            store: MemoryStore::new(10_000, clock),
-        }
+        Rig(Base::new(config(base, RULES)))
     }
 
-    fn ask(&self, descriptors: &[Desc<'_>], hits: u64) -> (Decision, Vec<DescriptorStatus>) {
-        let owned: Vec<Vec<Entry<'_>>> = descriptors
-            .iter()
-            .map(|(p, _)| p.iter().map(|&(key, value)| Entry { key, value }).collect())
-            .collect();
-        let reqs: Vec<RequestDescriptor<'_>> = owned
-            .iter()
-            .zip(descriptors)
-            .map(|(e, (_, h))| RequestDescriptor {
-                entries: e,
-                limit: None,
-                hits_addend: *h,
-            })
-            .collect();
-        let plan = self
-            .cfg
-            .policy
-            .plan_descriptors("auth", &reqs, hits)
-            .unwrap();
-        let d = self.store.check(&plan.plan).unwrap();
-        let s = plan.statuses(&d);
-        (d, s)
+    fn ask(
+        &self,
+        descriptors: &[descriptor_rig::Desc<'_>],
+        hits: u64,
+    ) -> (Decision, Vec<DescriptorStatus>) {
+        self.0.ask("auth", descriptors, hits)
     }
 }
 
