@@ -93,14 +93,15 @@ fn random_descriptor(rng: &mut Rng) -> Pairs {
     }
 }
 
-async fn scenario(store: &RedisStore, seed: u64, prefix: &str) -> (usize, usize) {
+/// Returns (denials, over-limit statuses, requests with at least one cell).
+async fn scenario(store: &RedisStore, seed: u64, prefix: &str) -> (usize, usize, u64) {
     let cfg = config(prefix);
     let mut rng = Rng(seed);
     let start: u64 = 1_700_000_000_000_000 + rng.below(1_000_000);
     let clock = Arc::new(ManualClock::new(start * 1_000));
     let memory = MemoryStore::new(10_000, clock.clone());
     let mut now = start;
-    let (mut denied, mut shown_over) = (0, 0);
+    let (mut denied, mut shown_over, mut with_cells) = (0, 0, 0);
     for step in 0..200 {
         // Mostly bursts, sometimes a jump over one or more windows.
         now += match rng.below(10) {
@@ -145,6 +146,7 @@ async fn scenario(store: &RedisStore, seed: u64, prefix: &str) -> (usize, usize)
                 continue;
             }
         };
+        with_cells += u64::from(!plan.plan.cells.is_empty());
         let m = memory.check(&plan.plan).unwrap();
         let r = store.check_at(&plan.plan, now).await.unwrap();
         assert_eq!(m, r, "{what}");
@@ -160,28 +162,43 @@ async fn scenario(store: &RedisStore, seed: u64, prefix: &str) -> (usize, usize)
             .filter(|s| s.code == StatusCode::OverLimit)
             .count();
     }
-    (denied, shown_over)
+    (denied, shown_over, with_cells)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_and_redis_give_identical_statuses() {
-    let server = support::RedisServer::start();
-    let store = RedisStore::connect(&support::settings(&server.url(), 2_000))
-        .await
-        .unwrap();
-    let (mut denied, mut over) = (0, 0);
-    for seed in 0..12 {
-        let (d, o) = scenario(&store, seed * 7_919 + 1, &format!("rwd{seed}")).await;
+async fn parity(settings: ratewall_core::config::RedisSettings, seeds: u64) -> (usize, usize) {
+    let store = RedisStore::connect(&settings).await.unwrap();
+    let (mut denied, mut over, mut calls) = (0, 0, 0);
+    for seed in 0..seeds {
+        let (d, o, c) = scenario(&store, seed * 7_919 + 1, &format!("rwd{seed}")).await;
         denied += d;
         over += o;
+        calls += c;
     }
-    // The scenarios exercise denials, not only admissions.
+    // One script call per request, whatever its number of descriptors and cells.
+    assert_eq!(store.stats().script_calls, calls);
     println!("{denied} denials, {over} over-limit statuses");
-    assert!(denied > 100, "only {denied} denials");
     assert!(
         over >= denied,
         "{over} over-limit statuses for {denied} denials"
     );
     assert_eq!(store.stats().errors, 0);
+    (denied, over)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_redis_give_identical_statuses() {
+    let server = support::RedisServer::start();
+    let (denied, _) = parity(support::settings(&server.url(), 2_000), 12).await;
+    // The scenarios exercise denials, not only admissions.
+    assert!(denied > 100, "only {denied} denials");
     server.assert_every_key_has_ttl("rwd*");
+}
+
+/// Every cell of one RLS request shares a hash tag: one script call per request on a cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_and_redis_cluster_give_identical_statuses() {
+    let cluster = support::RedisCluster::start();
+    let (denied, _) = parity(cluster.settings(2_000), 3).await;
+    assert!(denied > 25, "only {denied} denials");
+    cluster.assert_every_key_has_ttl("rwd*");
 }
