@@ -13,8 +13,8 @@
 //!     rate_limit: {rate: "5/s;100/d", algorithm: gcra}    # extensions
 //! ```
 //!
-//! * [`schema`] reads documents (YAML files with one or more documents; the core key `domains`);
-//!   [`load`] validates each into a compiled tree ([`tree`]), every error naming the origin and
+//! * `schema` reads documents (YAML files with one or more documents; the core key `domains`);
+//!   `load` validates each into a compiled tree (`tree`), every error naming the origin and
 //!   the path in the document;
 //! * [`plan`]: [`crate::config::Policy::plan_descriptors`] turns one RLS request (a domain and
 //!   its descriptors) into **one** [`crate::config::Plan`], so one store call decides every
@@ -27,7 +27,7 @@
 //! A request descriptor is an ordered list of `(key, value)` entries. Starting at the domain's
 //! top-level `descriptors`, each entry in turn selects a child: the one with that key and exactly
 //! that value, else the first (in file order) whose value is a wildcard pattern matching the value
-//! ([`wildcard`]), else the one with that key and no value. The walk stops at the first entry
+//! (`wildcard`), else the one with that key and no value. The walk stops at the first entry
 //! that selects nothing, or at a node without children. The descriptor's rule is the
 //! `rate_limit` of the node its **last** entry selected; otherwise none applies (no limit, `OK`).
 //! There is no backtracking. A node with neither `rate_limit` nor children whitelists what

@@ -1,7 +1,7 @@
 //! Planning one RLS request: a domain and its descriptors become one [`Plan`].
 //!
 //! For each request descriptor, in order: its `limit` override if it has one (in a known
-//! domain), else the rule it matches ([`super::tree`]). Then every matched rule whose `name` is
+//! domain), else the rule it matches (`super::tree`). Then every matched rule whose `name` is
 //! in the `replaces` of any matched rule of the request is dropped. Each remaining limited rule
 //! contributes one cell per limit, costing the descriptor's `hits_addend` (absent: the request's,
 //! where 0 means 1; present and 0: checked without consuming). Two descriptors that name the same

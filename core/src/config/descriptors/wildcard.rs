@@ -12,7 +12,7 @@
 //! metacharacter is `*`: if any placement exists, the leftmost one leaves the most room for the
 //! segments after it. Matching allocates nothing; it is linear in `len(v)` per middle segment.
 //! This is envoyproxy/ratelimit's rule (trailing, middle and several `*`), applied to the value
-//! alone: the entry's key must be equal (see the module doc of [`super`]).
+//! alone: the entry's key must be equal (see the module doc of `super`).
 
 /// A compiled wildcard value.
 #[derive(Debug, Clone, PartialEq, Eq)]
