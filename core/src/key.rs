@@ -62,14 +62,26 @@ pub enum DimKey<'a> {
 /// Lowercase hexadecimal digits.
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// `n` in decimal (no formatting machinery: keys are built on every request).
-fn push_decimal(out: &mut String, n: usize) {
-    out.push_str(itoa::Buffer::new().format(n));
+/// `n` in decimal, without the formatting machinery (keys are built on every request; a few
+/// bytes of code, where the `itoa` crate costs ~250 bytes in the size-bound wasm filter).
+fn push_decimal(out: &mut String, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 fn enc(out: &mut String, x: &str) {
     if x.len() <= MAX_RAW_COMPONENT {
-        push_decimal(out, x.len());
+        push_decimal(out, x.len() as u64);
         out.push(':');
         out.push_str(x);
     } else {
@@ -149,7 +161,7 @@ pub fn cell_key(
     k.push(':');
     k.push_str(algorithm.key_tag());
     k.push(':');
-    k.push_str(itoa::Buffer::new().format(window_secs));
+    push_decimal(&mut k, window_secs);
     k.push(':');
     match tenant {
         Some(t) => {
@@ -176,7 +188,7 @@ pub fn cell_key(
         DimKey::Descriptor(name, values) => {
             k.push_str(":d");
             enc(&mut k, name);
-            push_decimal(&mut k, values.len());
+            push_decimal(&mut k, values.len() as u64);
             k.push(':');
             for v in values {
                 enc(&mut k, v);
@@ -190,7 +202,7 @@ pub fn cell_key(
         } => {
             k.push_str(":r");
             enc(&mut k, domain);
-            push_decimal(&mut k, entries.len());
+            push_decimal(&mut k, entries.len() as u64);
             k.push(':');
             for (i, e) in entries.iter().enumerate() {
                 enc(&mut k, e.key);

@@ -109,13 +109,6 @@ pub fn split_and_parse(
     let mut core = serde_json::Map::new();
     let mut extra = serde_json::Map::new();
     for (k, v) in map {
-        #[cfg(not(feature = "descriptors"))]
-        if k == "domains" {
-            return Err(ConfigError::new(
-                &k,
-                "the descriptor policy language (RLS domains) is not available in this packaging",
-            ));
-        }
         if CORE_KEYS.contains(&k.as_str()) {
             core.insert(k, v);
         } else if extra_keys.contains(&k.as_str()) {
