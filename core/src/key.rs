@@ -65,16 +65,24 @@ const HEX: &[u8; 16] = b"0123456789abcdef";
 /// `n` in decimal, without the formatting machinery (keys are built on every request; a few
 /// bytes of code, where the `itoa` crate costs ~250 bytes in the size-bound wasm filter).
 fn push_decimal(out: &mut String, n: u64) {
+    let digit = |d: u64| char::from(b'0' + (d % 10) as u8);
+    // Component lengths and entry counts: one or two digits.
+    if n < 10 {
+        out.push(digit(n));
+        return;
+    }
+    if n < 100 {
+        out.push(digit(n / 10));
+        out.push(digit(n));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     let mut n = n;
-    loop {
+    while n > 0 {
         i -= 1;
         digits[i] = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
     out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
@@ -232,6 +240,29 @@ mod tests {
         let k = cell_key("rl", Some(&long), DimKey::User(&long), Algorithm::Gcra, 1);
         assert!(k.len() < 200, "{k}");
         assert!(k.contains('#'));
+    }
+
+    #[test]
+    fn decimal_writer_is_display() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            86_400,
+            31_622_400,
+            u64::MAX,
+        ] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
     }
 
     /// The formatting-free writers give what `format!` gives (keys must not change).
