@@ -4,9 +4,9 @@
 //! Every field of envoyproxy/ratelimit's format is accepted with its type; our extensions sit on
 //! the same objects; unknown fields and duplicate keys are errors (serde names them, with the
 //! path and, for YAML, the line). Scalars read as text (`domain`, `key`, `value`, `name`,
-//! `unit`) keep the text as written in YAML files (`value: 1.10` is `"1.10"`, as in
-//! envoyproxy/ratelimit's YAML library); booleans also accept the YAML 1.1 spellings that library
-//! accepts (`yes`, `on`, `n`, ...).
+//! `unit`) keep the text as written in YAML files (`key: 443` is `"443"`, as envoyproxy/ratelimit's
+//! YAML library gives it; `value: 1.10` is `"1.10"`, which envoyproxy/ratelimit refuses unquoted);
+//! booleans also accept the YAML 1.1 spellings that library accepts (`yes`, `on`, `n`, ...).
 
 use serde::de::{self, Deserializer, IgnoredAny, Visitor};
 use serde::Deserialize;
