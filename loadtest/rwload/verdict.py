@@ -121,6 +121,9 @@ class Fault:
     fail_mode: str  # open | closed
     grace: float = 1.5  # after `end`, seconds the store may need to reconnect
     settle: float = 0.3  # after `start`, seconds before every answer must follow fail_mode
+    # True when a fail-open admission can be told from a counted one (the service's answer has
+    # no limit then); the gateway drops the plugin's headers on success, so it cannot
+    distinguishable: bool = True
 
 
 @dataclass
@@ -380,8 +383,8 @@ def judge_domain(domain: str, recs: list[Rec], policy: Policy, mode: str, faults
         want = Outcome.BACKEND_UNAVAILABLE if f.fail_mode == "closed" else Outcome.ALLOWED
         seen = sum(1 for r in inside if r.outcome is want)
         wrong = [r for r in inside if r.outcome not in (want, Outcome.RATE_LIMITED)]
-        v.notes.append(f"outage {f.end - f.start:.1f} s (fail_mode {f.fail_mode}): {len(inside)} requests inside, "
-                       f"{seen} {want.value}")
+        v.notes.append(f"outage {f.start:.3f}-{f.end:.3f} ({f.end - f.start:.1f} s, fail_mode {f.fail_mode}): "
+                       f"{len(inside)} calls answered inside it, {seen} {want.value}")
         if not inside:
             _add(v, f"no request completed inside the outage [{f.start:.3f}, {f.end:.3f}]: the fault was not exercised")
         elif seen == 0:
@@ -401,10 +404,13 @@ def judge_domain(domain: str, recs: list[Rec], policy: Policy, mode: str, faults
     if mode.startswith("per_process:"):
         scale = int(mode.split(":", 1)[1])
 
-    # 2. per-cell admitted sets. Fail-open admissions are not in the counters; with the gateway
-    # they cannot be told apart, so in fail-open outages every admission is left out (and so the
-    # denials near them are not judged either).
-    open_faults = [f for f in faults if f.fail_mode == "open"]
+    # 2. per-cell admitted sets. Fail-open admissions are not in the counters. Where they cannot
+    # be told apart (the gateway), every admission of a fail-open outage is left out, and the
+    # denials that such admissions could explain (up to one window after it) are not judged.
+    open_faults = [f for f in faults if f.fail_mode == "open" and not f.distinguishable]
+    horizon = max((lim.window for _, lim in policy.cells("u", "t", None)), default=0) + \
+        max((lim.window for lim in policy.by_tool.values()), default=0)
+    blind = [Fault(f.domain, f.start, f.end, f.fail_mode, f.grace + horizon) for f in open_faults]
     per_cell = defaultdict(list)
     limits = {}
     for r in recs:
@@ -422,17 +428,31 @@ def judge_domain(domain: str, recs: list[Rec], policy: Policy, mode: str, faults
         for msg in check_cell_over(A, limits[key], policy.algorithm, scale):
             _add(v, f"over-admission on {key[0]} {key[2]!r}: {msg}")
 
-    # 3. every denial is explained by one of its cells
+    # 3. every denial is explained by one of its cells. A call that timed out at the store
+    # during an outage (answered by fail_mode) may still be executed by Redis when it resumes:
+    # it may have consumed, at any instant up to the end of the outage. Such calls can explain
+    # a denial (never an over-admission).
+    possible = {k: list(A) for k, A in per_cell.items()}
+    for r in recs:
+        f = _in_fault(r, faults)
+        if f is None or not (r.outcome is Outcome.BACKEND_UNAVAILABLE or
+                             (r.outcome is Outcome.ALLOWED and (r.detail == "fail_open" or not f.distinguishable))):
+            continue
+        s0, _ = _iv(r)
+        for key, lim in policy.cells(r.user, r.tenant, r.tool):
+            possible.setdefault(key, []).append((s0, int((f.end + f.grace) * US)))
+    for key in possible:
+        possible[key].sort()
     by_end = {}
-    for key, A in per_cell.items():
+    for key, A in possible.items():
         srt = sorted(A, key=lambda x: x[1])
         by_end[key] = ([x[1] for x in srt], srt)
     for r in recs:
-        if r.outcome is not Outcome.RATE_LIMITED or _in_fault(r, open_faults):
+        if r.outcome is not Outcome.RATE_LIMITED or _in_fault(r, blind):
             continue
         s, e = _iv(r)
         cells = policy.cells(r.user, r.tenant, r.tool)
-        if not any(explains(per_cell.get(k, []), by_end.get(k, ([], [])), lim, policy.algorithm, s, e)
+        if not any(explains(possible.get(k, []), by_end.get(k, ([], [])), lim, policy.algorithm, s, e)
                    for k, lim in cells):
             _add(v, f"under-admission: {r.target} denied user {r.user!r} at t={r.t0:.3f}-{r.t1:.3f} "
                     f"with no cell at its limit")
@@ -457,8 +477,13 @@ def judge_domain(domain: str, recs: list[Rec], policy: Policy, mode: str, faults
             v.windows += 1
             if n > lim.count:
                 v.windows_over += 1
-                adm = _aligned_counts(per_cell.get(key, []), lim.window * US).get(k, 0)
-                if adm == scale * lim.count or (scale > 1 and lim.count <= adm <= scale * lim.count):
+                w = lim.window * US
+                cell = per_cell.get(key, [])
+                definite = sum(1 for a, b in cell if a // w == k == b // w)
+                touching = sum(1 for a, b in cell if a // w <= k <= b // w)
+                if scale == 1 and definite <= lim.count <= touching:
+                    v.windows_at_limit += 1
+                elif scale > 1 and definite <= scale * lim.count and touching >= lim.count:
                     v.windows_at_limit += 1
     return v
 
