@@ -152,7 +152,7 @@ class Redis:
 class RatewallServer:
     """One ratewall-server (release build) with `config` (YAML text)."""
 
-    def __init__(self, workdir: Path, config: str, name: str = "ratewall"):
+    def __init__(self, workdir: Path, config: str, name: str = "ratewall", extra_args: list | None = None):
         if not SERVER_BIN.exists():
             raise RigError(f"{SERVER_BIN} not found: run `cargo build --release -p ratewall-server`")
         self.port = free_port()
@@ -161,7 +161,7 @@ class RatewallServer:
         cfg.write_text(config)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RATEWALL_")}
         env["RUST_LOG"] = "warn"
-        self.proc = Proc(name, [SERVER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{self.port}"],
+        self.proc = Proc(name, [SERVER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{self.port}", *(extra_args or [])],
                          workdir / f"{name}-{self.port}.log", env=env)
         wait_until(lambda: http_status(self.url + "/healthz") == 200, 20, f"{name} on {self.port}", self.proc)
 

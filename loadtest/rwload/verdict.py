@@ -394,12 +394,17 @@ def judge_domain(domain: str, recs: list[Rec], policy: Policy, mode: str, faults
 
     if mode == "unjudged":
         v.notes.append("not judged (counts only)")
+        if recs and not any(r.outcome is Outcome.RATE_LIMITED for r in recs):
+            _add(v, "no call was rate-limited: the limiter is not in the path (did the plugin load?)")
         return v
     if mode == "unlimited":
         for r in recs:
             if r.outcome is Outcome.RATE_LIMITED:
                 _add(v, f"{r.target}: rate-limited with no rate-limit plugin at t={r.t0:.3f}")
         return v
+    if not any(r.outcome is Outcome.RATE_LIMITED for r in recs) and recs:
+        # every scenario drives one identity far above its limit
+        _add(v, "no call was rate-limited: the limiter is not in the path (did the plugin load?)")
     scale = 1
     if mode.startswith("per_process:"):
         scale = int(mode.split(":", 1)[1])
