@@ -26,12 +26,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+ALL = ["none", "local", "remote"]
+EXTRA = ["native-rls"]
+TENANT = "t1"
+
+
+def arguments(parser):
+    from rwload import driver as _driver
+
+    _driver.add_common_arguments(parser, "envoy")
+    g = parser.add_argument_group("envoy scenario")
+    g.add_argument("--rw-configs", default="", help=f"comma-separated (default {','.join(ALL)}; also {','.join(EXTRA)})")
+    g.add_argument("--rw-algorithm", default="fixed_window",
+                   choices=["fixed_window", "sliding_window", "sliding_window_counter", "token_bucket", "gcra"])
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from rwload.driver import exec_locust
 
     short = "--rw-short" in sys.argv
-    exec_locust(__file__, users=6, run_time="60s" if short else "240s")
+    exec_locust(__file__, doc=__doc__, arguments=arguments, users=6, run_time="60s" if short else "240s")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -43,19 +58,10 @@ from rwload.classify import classify_envoy  # noqa: E402
 from rwload.procs import ROOT, SERVER_BIN, WASM, Envoy, RatewallServer, RigError, free_port  # noqa: E402
 from rwload.verdict import Limit, Policy  # noqa: E402
 
-ALL = ["none", "local", "remote"]
-EXTRA = ["native-rls"]
-TENANT = "t1"
-
 
 @events.init_command_line_parser.add_listener
 def _args(parser):
-    driver.add_common_arguments(parser, "envoy")
-    g = parser.add_argument_group("envoy scenario")
-    g.add_argument("--rw-configs", default="", help=f"comma-separated (default {','.join(ALL)}; also {','.join(EXTRA)})")
-    g.add_argument("--rw-algorithm", default="fixed_window",
-                   choices=["fixed_window", "sliding_window", "sliding_window_counter", "token_bucket", "gcra"])
-
+    arguments(parser)
 
 def rate(lim: Limit) -> str:
     return f"{lim.count}/{lim.window}s"

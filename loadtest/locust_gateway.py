@@ -33,12 +33,28 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+ALL = ["none", "peer-memory", "peer-redis", "rw-rust-memory", "rw-rust-redis", "rw-python-memory", "rw-python-redis"]
+SHORT = ["rw-rust-redis"]
+EMAIL = "{}@loadtest.example.com"
+
+
+def arguments(parser):
+    from rwload import driver as _driver
+
+    _driver.add_common_arguments(parser, "gateway")
+    g = parser.add_argument_group("gateway scenario")
+    g.add_argument("--rw-configs", default="", help=f"comma-separated configurations (default: all: {','.join(ALL)})")
+    g.add_argument("--rw-workers", type=int, default=2, help="uvicorn workers per gateway (default 2)")
+    g.add_argument("--rw-fault", action="store_true", help="pause Redis (SIGSTOP) mid-run, then resume it")
+    g.add_argument("--rw-fault-seconds", type=float, default=3.0)
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from rwload.driver import exec_locust
 
     short = "--rw-short" in sys.argv
-    exec_locust(__file__, users=4 if short else 6, run_time="90s" if short else "600s")
+    exec_locust(__file__, doc=__doc__, arguments=arguments, users=4 if short else 6, run_time="90s" if short else "600s")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -51,20 +67,10 @@ from rwload.classify import classify_gateway_rpc  # noqa: E402
 from rwload.procs import Redis  # noqa: E402
 from rwload.verdict import Fault, Limit, Policy  # noqa: E402
 
-ALL = ["none", "peer-memory", "peer-redis", "rw-rust-memory", "rw-rust-redis", "rw-python-memory", "rw-python-redis"]
-SHORT = ["rw-rust-redis"]
-EMAIL = "{}@loadtest.example.com"
-
 
 @events.init_command_line_parser.add_listener
 def _args(parser):
-    driver.add_common_arguments(parser, "gateway")
-    g = parser.add_argument_group("gateway scenario")
-    g.add_argument("--rw-configs", default="", help=f"comma-separated configurations (default: all: {','.join(ALL)})")
-    g.add_argument("--rw-workers", type=int, default=2, help="uvicorn workers per gateway (default 2)")
-    g.add_argument("--rw-fault", action="store_true", help="pause Redis (SIGSTOP) mid-run, then resume it")
-    g.add_argument("--rw-fault-seconds", type=float, default=3.0)
-
+    arguments(parser)
 
 def plugin_for(name: str, policy: Policy, redis_url: str):
     base = policy.config()

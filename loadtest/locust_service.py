@@ -27,12 +27,26 @@ import sys
 import time
 from pathlib import Path
 
+TENANT = "t1"
+
+
+def arguments(parser):
+    from rwload import driver as _driver
+
+    _driver.add_common_arguments(parser, "service")
+    g = parser.add_argument_group("service scenario")
+    g.add_argument("--rw-algorithm", default="fixed_window",
+                   choices=["fixed_window", "sliding_window", "sliding_window_counter", "token_bucket", "gcra"])
+    g.add_argument("--rw-fault", action="store_true", help="pause Redis (SIGSTOP) mid-run, then resume it")
+    g.add_argument("--rw-fault-seconds", type=float, default=0.0, help="length of the pause (default 1.5 short, 3 full)")
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from rwload.driver import exec_locust
 
     short = "--rw-short" in sys.argv
-    exec_locust(__file__, users=6, run_time="60s" if short else "240s")
+    exec_locust(__file__, doc=__doc__, arguments=arguments, users=6, run_time="60s" if short else "240s")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -44,18 +58,10 @@ from rwload.classify import classify_service  # noqa: E402
 from rwload.procs import RatewallServer, Redis  # noqa: E402
 from rwload.verdict import Fault, Limit, Policy  # noqa: E402
 
-TENANT = "t1"
-
 
 @events.init_command_line_parser.add_listener
 def _args(parser):
-    driver.add_common_arguments(parser, "service")
-    g = parser.add_argument_group("service scenario")
-    g.add_argument("--rw-algorithm", default="fixed_window",
-                   choices=["fixed_window", "sliding_window", "sliding_window_counter", "token_bucket", "gcra"])
-    g.add_argument("--rw-fault", action="store_true", help="pause Redis (SIGSTOP) mid-run, then resume it")
-    g.add_argument("--rw-fault-seconds", type=float, default=0.0, help="length of the pause (default 1.5 short, 3 full)")
-
+    arguments(parser)
 
 def server_config(policy: Policy, backend: str, redis_url: str = "", prefix: str = "rl", fail_mode: str = "closed") -> str:
     lines = [f'algorithm: {policy.algorithm}', f'by_user: "{policy.by_user.count}/{policy.by_user.window}s"',

@@ -321,10 +321,22 @@ def write_records(path: Path, recs: list[Rec]) -> None:
                         r.outcome.value, r.detail, r.round])
 
 
-def exec_locust(locustfile: str, users: int, run_time: str, extra: list[str] | None = None) -> None:
+def exec_locust(locustfile: str, users: int, run_time: str, doc: str = "", arguments=None) -> None:
     """`python loadtest/<locustfile>.py [options]`: run locust headless on this file with the
-    scenario's bounded defaults (users, spawn rate, run time), overridable on the command line."""
+    scenario's bounded defaults (users, spawn rate, run time), overridable on the command line.
+    `--help` prints the scenario's doc and options (locust's own: `python -m locust --help`)."""
     argv = sys.argv[1:]
+    if "-h" in argv or "--help" in argv:
+        import argparse
+
+        p = argparse.ArgumentParser(prog=f"python {os.path.relpath(locustfile)}", description=doc,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter,
+                                    epilog=f"Defaults: --headless -u {users} -r {users} -t {run_time} --only-summary. "
+                                           "Any locust option may be added (python -m locust --help).")
+        if arguments is not None:
+            arguments(p)
+        p.print_help()
+        sys.exit(0)
     args = [sys.executable, "-m", "locust", "-f", locustfile, "--headless", "--only-summary",
             "--loglevel", "WARNING"]
     if not any(a in ("-u", "--users") or a.startswith("--users=") for a in argv):
@@ -333,6 +345,6 @@ def exec_locust(locustfile: str, users: int, run_time: str, extra: list[str] | N
         args += ["-r", str(max(users, 1))]
     if not any(a in ("-t", "--run-time") or a.startswith("--run-time=") for a in argv):
         args += ["-t", run_time]
-    args += list(extra or []) + argv
+    args += argv
     os.environ["RW_COMMAND"] = " ".join(["python", os.path.relpath(locustfile)] + argv)
     os.execv(sys.executable, args)
