@@ -212,7 +212,7 @@ class Gateway:
         self.proc, self.url = _launch(site, cfg.name, d, db, plugins, cfg.workers)
 
     def wait(self) -> None:
-        wait_until(lambda: http_status(self.url + "/health") == 200, 90, f"gateway {self.cfg.name}", self.proc)
+        wait_until(lambda: http_status(self.url + "/health") == 200, 600, f"gateway {self.cfg.name}", self.proc)
         log = self.proc.tail(1_000_000)
         if "Failed to load plugin" in log or "failed to load plugin" in log.lower():
             raise RigError(f"gateway {self.cfg.name}: the plugin did not load:\n{log[-3000:]}")
@@ -225,7 +225,9 @@ def _launch(site: Site, name: str, d: Path, db: Path, plugins: Path | None, work
     port = free_port()
     args = [GW_VENV / "bin" / "mcpgateway", "--host", "127.0.0.1", "--port", port]
     if workers > 1:
-        args += ["--workers", workers]
+        # uvicorn kills a worker that misses a 5 s health check; a worker importing the gateway
+        # on a loaded 2-core machine can take longer than that, and would be restarted forever
+        args += ["--workers", workers, "--timeout-worker-healthcheck", 120]
     proc = Proc(f"gateway-{name}", args, d / "gateway.log", env=site.env(db, port, plugins), cwd=d)
     return proc, f"http://127.0.0.1:{port}"
 
