@@ -102,9 +102,10 @@ def setup(opts, out: Path) -> driver.Rig:
     if bad:
         raise ValueError(f"--rw-configs: unknown configuration(s) {bad}; known: {ALL + ['rw-rust-redis-open']}")
     policy = Policy(algorithm="fixed_window", by_user=Limit("user", 20, 60), by_tenant=Limit("tenant", 100000, 60))
-    rounds, period = (5, 4.0) if short else (40, 6.0)
+    rounds, period = (5, 4.0) if short else (50, 6.0)
     burst = 2
-    driver.configure_users(GatewayUser, opts, rounds, period, burst_users=burst)
+    # full run: steady users alone for the first 150 s (the latency figures), then the burst
+    driver.configure_users(GatewayUser, opts, rounds, period, burst_users=burst, burst_delay=0.0 if short else 150.0)
     n_users = max(opts.num_users or 0, GatewayUser.burst_users + 1)
     steady = [EMAIL.format(f"{driver.STEADY_PREFIX}-{i}") for i in range(n_users - GatewayUser.burst_users)]
     emails = steady + [EMAIL.format(driver.BURST_ID), EMAIL.format("warmup")]
@@ -169,6 +170,8 @@ def setup(opts, out: Path) -> driver.Rig:
         mode_of=modes,
         stop=stop_all,
         baseline="none" if "none" in names else None,
+        # memory stores: monotonic clocks anchored to the wall clock once per process
+        eps_of={d: 0.05 for d, m in modes.items() if m.startswith("per_process")},
         description=(f"ContextForge gateway 1.1.0, {opts.rw_workers} uvicorn workers per gateway, JSON-RPC "
                      f"`tools/call` on `/rpc` ({gw.TOOL}, 3 upstream HTTP requests per call); policy "
                      f"`by_user: 20/m`, `by_tenant: 100000/m`, `fixed_window` (the peer's default algorithm; its "

@@ -65,7 +65,8 @@ class Rig:
     faults: list = field(default_factory=list)  # Fault, filled in as they happen
     fault_plan: Callable | None = None  # started in its own greenlet when the load starts
     description: str = ""
-    limit_line: float | None = None  # admitted per second the policy allows the burst identity, per domain
+    # seconds the limiter's clock may differ from this host's wall clock, per domain (default 2 ms)
+    eps_of: dict = field(default_factory=dict)
 
 
 class Run:
@@ -84,6 +85,8 @@ class Run:
         self.verdict = None
         self.users_done = 0
         self.planned_users = 0
+        self.latency_until = None  # set from the burst delay once the run starts
+        self.burst_delay = 0.0
 
 
 RUN = Run()
@@ -96,6 +99,9 @@ def add_common_arguments(parser, scenario: str) -> None:
     g.add_argument("--rw-rounds", type=int, default=0, help="rounds per user (0: scenario default)")
     g.add_argument("--rw-burst-users", type=int, default=-1, help="users sharing the burst identity (-1: default)")
     g.add_argument("--rw-period", type=float, default=0.0, help="seconds per steady round (0: scenario default)")
+    g.add_argument("--rw-burst-delay", type=float, default=-1,
+                   help="seconds before the burst users start (-1: scenario default); the latency table uses the "
+                        "steady calls made before it, so every target is measured under the same load")
 
 
 def register(scenario: str, setup: Callable[[object], Rig]) -> None:
@@ -127,6 +133,8 @@ def register(scenario: str, setup: Callable[[object], Rig]) -> None:
     @events.test_start.add_listener
     def _start(environment, **_kw):
         RUN.started = time.time()
+        if RUN.burst_delay > 0:
+            RUN.latency_until = RUN.started + RUN.burst_delay
         gevent.spawn(_progress, environment)
         if RUN.rig is not None and RUN.rig.fault_plan is not None:
             gevent.spawn(_guarded, RUN.rig.fault_plan, RUN)
@@ -139,7 +147,7 @@ def register(scenario: str, setup: Callable[[object], Rig]) -> None:
 
         with RUN.lock:
             recs = list(RUN.records)
-        RUN.verdict = judge(recs, RUN.rig.policy_of, RUN.rig.mode_of, RUN.rig.faults)
+        RUN.verdict = judge(recs, RUN.rig.policy_of, RUN.rig.mode_of, RUN.rig.faults, RUN.rig.eps_of)
         write_report(RUN, recs, environment)
         if not RUN.verdict.ok:
             environment.process_exit_code = 1
@@ -232,6 +240,7 @@ class LoadUser(FastHttpUser):
     period = 2.0
     burst_users = 2
     burst_cap = 100_000
+    burst_delay = 0.0
 
     def on_start(self):
         if RUN.rig is None:
@@ -248,6 +257,8 @@ class LoadUser(FastHttpUser):
     def one_round(self):
         # steady users stop after `rounds` rounds; burst users when the steady schedule is over
         # (and after at most `burst_cap` rounds)
+        if self.burst and self.round == 0 and self.burst_delay > 0:
+            gevent.sleep(max(0.0, RUN.started + self.burst_delay - time.time()))
         if self.burst:
             done = time.time() >= RUN.started + self.rounds * self.period or self.round >= self.burst_cap
         else:
@@ -268,24 +279,28 @@ class LoadUser(FastHttpUser):
                 gevent.sleep(left)
 
 
-def configure_users(cls, opts, rounds, period, burst_users):
+def configure_users(cls, opts, rounds, period, burst_users, burst_delay=0.0):
     cls.rounds = opts.rw_rounds or rounds
     cls.period = opts.rw_period or period
     cls.burst_users = burst_users if opts.rw_burst_users < 0 else opts.rw_burst_users
+    cls.burst_delay = burst_delay if opts.rw_burst_delay < 0 else opts.rw_burst_delay
+    RUN.burst_delay = cls.burst_delay
 
 
-def paired_latencies(recs: list[Rec], baseline: str | None) -> dict:
-    """Per target: p50/p99 of admitted steady calls, and the median over (user, round) pairs of
-    latency(target) / latency(baseline), both admitted."""
+def paired_latencies(recs: list[Rec], baseline: str | None, until: float | None = None) -> dict:
+    """Per target: p50/p99 of admitted steady calls (sent before `until`, if given), the median
+    over (user, round) pairs of latency(target) / latency(baseline), both admitted, and the
+    ratio of the p99s."""
     by_target = {}
     pairs = {}
     for r in recs:
-        if r.round < 0 or r.outcome is not Outcome.ALLOWED:
+        if r.round < 0 or r.outcome is not Outcome.ALLOWED or (until is not None and r.t0 >= until):
             continue
         ms = (r.t1 - r.t0) * 1000
         by_target.setdefault(r.target, []).append(ms)
         pairs.setdefault((r.user, r.round), {})[r.target] = ms
     out = {}
+    base99 = _pct(sorted(by_target.get(baseline, [])), 99) if baseline else None
     for t, xs in by_target.items():
         xs.sort()
         ratios = []
@@ -299,6 +314,7 @@ def paired_latencies(recs: list[Rec], baseline: str | None) -> dict:
             "p99": _pct(xs, 99),
             "ratio_p50": statistics.median(ratios) if ratios else None,
             "pairs": len(ratios),
+            "ratio_p99": (_pct(xs, 99) / base99) if base99 and t != baseline else None,
             "delta_p50": (statistics.median([p[t] - p[baseline] for p in pairs.values() if t in p and baseline in p])
                           if ratios else None),
         }

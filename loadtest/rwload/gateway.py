@@ -223,7 +223,9 @@ class Gateway:
 
 def _launch(site: Site, name: str, d: Path, db: Path, plugins: Path | None, workers: int):
     port = free_port()
-    args = [GW_VENV / "bin" / "mcpgateway", "--host", "127.0.0.1", "--port", port]
+    # keep-alive longer than any pause between two calls of a user (uvicorn's default 5 s closes
+    # pooled connections under the client's feet: a request on a closing connection fails)
+    args = [GW_VENV / "bin" / "mcpgateway", "--host", "127.0.0.1", "--port", port, "--timeout-keep-alive", 600]
     if workers > 1:
         # uvicorn kills a worker that misses a 5 s health check; a worker importing the gateway
         # on a loaded 2-core machine can take longer than that, and would be restarted forever

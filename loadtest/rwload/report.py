@@ -24,7 +24,7 @@ def write_report(run, recs, environment) -> None:
     rig = run.rig
     v = run.verdict
     write_records(out / "records.csv", recs)
-    lat = paired_latencies(recs, rig.baseline)
+    lat = paired_latencies(recs, rig.baseline, run.latency_until)
     try:
         plot(out / "plot.png", recs, rig, run.started, BURST_ID)
         plotted = True
@@ -60,19 +60,23 @@ def write_report(run, recs, environment) -> None:
     lines.append("## Latency of admitted steady calls (paired)")
     lines.append("")
     base = rig.baseline
-    lines.append(f"Every steady user calls every target once per round, in a random order; the ratio is the "
-                 f"median over (user, round) pairs of latency(target) / latency({base or 'baseline'}), both admitted.")
+    lines.append(f"Every steady user calls every target once per round, in a random order; the paired ratio is "
+                 f"the median over (user, round) pairs of latency(target) / latency({base or 'baseline'}), both "
+                 f"admitted; the p99 ratio is p99(target) / p99({base or 'baseline'}) over the same calls."
+                 + (f" Only calls sent in the first {run.burst_delay:.0f} s, before the burst users started, so every "
+                    f"target was measured under the same load." if run.latency_until else ""))
     lines.append("")
-    lines.append("| target | admitted steady calls | p50 ms | p99 ms | paired p50 ratio | paired p50 delta ms |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| target | admitted steady calls | p50 ms | p99 ms | paired p50 ratio | paired p50 delta ms | p99 ratio |")
+    lines.append("|---|---|---|---|---|---|---|")
     for t in [t.name for t in rig.targets]:
         x = lat.get(t)
         if not x:
-            lines.append(f"| {t} | 0 | - | - | - | - |")
+            lines.append(f"| {t} | 0 | - | - | - | - | - |")
             continue
         ratio = "baseline" if t == base else (f"{x['ratio_p50']:.3f} ({x['pairs']} pairs)" if x["ratio_p50"] else "-")
         delta = "" if t == base or x["delta_p50"] is None else f"{x['delta_p50']:+.2f}"
-        lines.append(f"| {t} | {x['n']} | {x['p50']:.2f} | {x['p99']:.2f} | {ratio} | {delta} |")
+        r99 = "" if t == base or x["ratio_p99"] is None else f"{x['ratio_p99']:.3f}"
+        lines.append(f"| {t} | {x['n']} | {x['p50']:.2f} | {x['p99']:.2f} | {ratio} | {delta} | {r99} |")
     lines.append("")
     lines.append("## Calls per target and outcome")
     lines.append("")
