@@ -24,6 +24,7 @@ def write_report(run, recs, environment) -> None:
     rig = run.rig
     v = run.verdict
     write_records(out / "records.csv", recs)
+    save_run(out / "run.json", run)
     lat = paired_latencies(recs, rig.baseline, run.latency_until)
     try:
         plot(out / "plot.png", recs, rig, run.started, BURST_ID)
@@ -157,3 +158,28 @@ def plot(path: Path, recs, rig, started: float, burst_id: str) -> None:
 
 def to_us(t: float) -> int:
     return int(t * US)
+
+
+def save_run(path: Path, run) -> None:
+    """What the verdict needs besides the records (`loadtest/rejudge.py` reads it back)."""
+    import dataclasses
+    import json
+
+    rig = run.rig
+
+    def pol(p):
+        return {"algorithm": p.algorithm,
+                "by_user": dataclasses.asdict(p.by_user) if p.by_user else None,
+                "by_tenant": dataclasses.asdict(p.by_tenant) if p.by_tenant else None,
+                "by_tool": {k: dataclasses.asdict(v) for k, v in p.by_tool.items()}}
+
+    doc = {
+        "scenario": run.scenario, "started": run.started,
+        "command": os.environ.get("RW_COMMAND") or " ".join(["locust"] + sys.argv[1:]), "latency_until": run.latency_until,
+        "burst_delay": run.burst_delay, "baseline": rig.baseline, "description": rig.description,
+        "targets": [[t.name, t.domain] for t in rig.targets],
+        "policy_of": {d: pol(p) for d, p in rig.policy_of.items()},
+        "mode_of": rig.mode_of, "eps_of": rig.eps_of,
+        "faults": [dataclasses.asdict(f) for f in rig.faults],
+    }
+    path.write_text(json.dumps(doc, indent=1))
