@@ -142,7 +142,7 @@ def setup(opts, out: Path) -> driver.Rig:
         if "native-rls" in names:
             for e, n in start_native_rls(out, policy, started):
                 envoys.append((e, n, "envoy-native-rls"))
-    except Exception:
+    except BaseException:
         stop_all()
         raise
 

@@ -122,8 +122,8 @@ def setup(opts, out: Path) -> driver.Rig:
         redis = Redis(out)
         started.append(redis)
         site = gw.Site(out, f"redis://127.0.0.1:{redis.port}/15")
-        site.start_upstream()
         started.append(site)
+        site.start_upstream()
         t = time.monotonic()
         site.prepare(emails, log=lambda m: print(m, flush=True))
         print(f"gateway: template ready in {time.monotonic() - t:.0f} s; starting {len(names)} gateway(s) "
@@ -148,7 +148,7 @@ def setup(opts, out: Path) -> driver.Rig:
                 st = gw.rpc_call(g.url, warm, gw.TOOL, i)[0]
                 if st not in (200, 429):
                     raise gw.RigError(f"gateway {g.cfg.name}: warm-up call answered {st}")
-    except Exception:
+    except BaseException:
         stop_all()
         raise
 

@@ -115,7 +115,7 @@ def setup(opts, out: Path) -> driver.Rig:
         started.append(b)
         o = RatewallServer(out, server_config(policy, "redis", redis.url, "rlopen", "open"), "redis-open")
         started.append(o)
-    except Exception:
+    except BaseException:
         stop_all()
         raise
     targets = [

@@ -124,7 +124,7 @@ def register(scenario: str, setup: Callable[[object], Rig]) -> None:
         rig_dir.mkdir(exist_ok=True)
         try:
             RUN.rig = setup(opts, rig_dir)
-        except Exception:  # noqa: BLE001 - reported, and the run fails (setup stops what it started)
+        except BaseException:  # noqa: BLE001 - reported, and the run fails (setup stops what it started)
             RUN.setup_error = traceback.format_exc()
             (out / "SETUP-FAILED.txt").write_text(RUN.setup_error)
             print(f"rig setup failed:\n{RUN.setup_error}", file=sys.stderr, flush=True)

@@ -145,7 +145,11 @@ class Site:
         self.upstream_port = free_port()
         self.upstream = Proc("mcp-upstream", [GW_PY, HERE / "mcp_upstream.py", self.upstream_port],
                              self.workdir / "mcp-upstream.log")
-        wait_until(lambda: _tcp_open(self.upstream_port), 20, "the MCP upstream", self.upstream)
+        try:
+            wait_until(lambda: _tcp_open(self.upstream_port), 20, "the MCP upstream", self.upstream)
+        except BaseException:
+            self.upstream.stop()
+            raise
 
     def prepare(self, users: list[str], log=print) -> None:
         """Run migrations on a fresh database, create the team and users, register the upstream,
@@ -244,7 +248,11 @@ class _Started:
 
 def _start(site: Site, name: str, d: Path, db: Path, plugins: Path | None, workers: int) -> _Started:
     proc, url = _launch(site, name, d, db, plugins, workers)
-    wait_until(lambda: http_status(url + "/health") == 200, 120, f"gateway {name}", proc)
+    try:
+        wait_until(lambda: http_status(url + "/health") == 200, 300, f"gateway {name}", proc)
+    except BaseException:
+        proc.stop(timeout=15)
+        raise
     return _Started(proc, url)
 
 

@@ -59,6 +59,17 @@ def http_status(url: str, timeout: float = 1.0) -> int:
         return e.code
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the load test's process dies, however it dies
+    (Linux prctl PR_SET_PDEATHSIG), so an interrupted run never leaves its rig behind."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
 class Proc:
     """One child process with its output in `log`; stopped by pid (SIGTERM, then SIGKILL)."""
 
@@ -68,7 +79,7 @@ class Proc:
         self._log = open(log, "wb")
         self.popen = subprocess.Popen(
             [str(a) for a in args], stdout=self._log, stderr=subprocess.STDOUT, env=env,
-            cwd=str(cwd) if cwd else None, start_new_session=True,
+            cwd=str(cwd) if cwd else None, start_new_session=True, preexec_fn=_die_with_parent,
         )
         self.pid = self.popen.pid
 
@@ -112,6 +123,15 @@ class Proc:
         return self.popen.returncode
 
 
+def _started(proc: Proc, wait) -> None:
+    """Wait for a process to be ready; if it is not (or the wait is interrupted), stop it."""
+    try:
+        wait()
+    except BaseException:
+        proc.stop()
+        raise
+
+
 class Redis:
     """A private redis-server (no persistence) on a free loopback port."""
 
@@ -126,8 +146,8 @@ class Redis:
         self.proc = Proc(
             "redis", [exe, "--port", self.port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                       "--dir", d], workdir / f"redis-{self.port}.log")
-        wait_until(self.ping, 10, "redis-server", self.proc)
         self.paused = False
+        _started(self.proc, lambda: wait_until(self.ping, 10, "redis-server", self.proc))
 
     def ping(self) -> bool:
         with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
@@ -163,7 +183,8 @@ class RatewallServer:
         env["RUST_LOG"] = "warn"
         self.proc = Proc(name, [SERVER_BIN, "--config", cfg, "--listen", f"127.0.0.1:{self.port}", *(extra_args or [])],
                          workdir / f"{name}-{self.port}.log", env=env)
-        wait_until(lambda: http_status(self.url + "/healthz") == 200, 20, f"{name} on {self.port}", self.proc)
+        _started(self.proc, lambda: wait_until(lambda: http_status(self.url + "/healthz") == 200, 20,
+                                               f"{name} on {self.port}", self.proc))
 
     def metrics(self) -> str:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as r:
@@ -212,7 +233,7 @@ class Envoy:
             self.port = ls["listener_statuses"][0]["local_address"]["socket_address"]["port_value"]
             return http_status(self.admin + "/ready") == 200
 
-        wait_until(ready, 30, f"envoy {name}", self.proc)
+        _started(self.proc, lambda: wait_until(ready, 30, f"envoy {name}", self.proc))
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
