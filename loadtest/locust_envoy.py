@@ -54,7 +54,7 @@ from locust import events  # noqa: E402
 
 from rwload import driver  # noqa: E402
 from rwload import envoy_cfg  # noqa: E402
-from rwload.classify import classify_envoy  # noqa: E402
+from rwload.classify import classify_envoy, classify_envoy_rls  # noqa: E402
 from rwload.procs import ROOT, SERVER_BIN, WASM, Envoy, RatewallServer, RigError, free_port  # noqa: E402
 from rwload.verdict import Limit, Policy  # noqa: E402
 
@@ -85,7 +85,7 @@ def start_native_rls(out: Path, policy: Policy, started: list):
         raise RigError("native-rls: this ratewall-server has no --grpc-listen (the gRPC RLS is not on this "
                        "branch yet); run without native-rls")
     grpc_port = free_port()
-    srv = RatewallServer(out, service_config(policy), "rls", extra_args=["--grpc-listen", f"127.0.0.1:{grpc_port}"])
+    srv = RatewallServer(out, rls_config(policy), "rls", extra_args=["--grpc-listen", f"127.0.0.1:{grpc_port}"])
     started.append(srv)
     cfg = envoy_cfg.config([envoy_cfg.native_ratelimit_filter("ratewall")],
                            [envoy_cfg.cluster("ratewall_rls", grpc_port, http2=True)],
@@ -93,6 +93,20 @@ def start_native_rls(out: Path, policy: Policy, started: list):
     e = Envoy(out, cfg, "envoy-native-rls")
     started.append(e)
     return [(e, "native-rls")]
+
+
+def rls_config(policy: Policy) -> str:
+    """The policy as envoyproxy/ratelimit descriptors of domain `ratewall` (the core's `domains:`
+    key, contracts §B): one counter per value of `user` and of `tenant`. Their units are
+    second/minute/hour/day, so the windows must be one of those."""
+    units = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+    lines = ["headers: legacy", "watch_config: false", "backend: memory", f"algorithm: {policy.algorithm}",
+             "domains:", "  - domain: ratewall", "    descriptors:"]
+    for key, lim in (("user", policy.by_user), ("tenant", policy.by_tenant)):
+        if lim.window not in units:
+            raise RigError(f"native-rls: a {lim.window} s window has no envoyproxy/ratelimit unit")
+        lines += [f"      - key: {key}", f"        rate_limit: {{unit: {units[lim.window]}, requests_per_unit: {lim.count}}}"]
+    return "\n".join(lines) + "\n"
 
 
 def service_config(policy: Policy) -> str:
@@ -105,7 +119,9 @@ def setup(opts, out: Path) -> driver.Rig:
     bad = [n for n in names if n not in ALL + EXTRA]
     if bad:
         raise ValueError(f"--rw-configs: unknown {bad}; known {ALL + EXTRA}")
-    policy = Policy(algorithm=opts.rw_algorithm, by_user=Limit("user", 10, 2), by_tenant=Limit("tenant", 5000, 2))
+    # windows of one second when the RLS is in the run (envoyproxy/ratelimit units), else 2 s
+    w = 1 if "native-rls" in names else 2
+    policy = Policy(algorithm=opts.rw_algorithm, by_user=Limit("user", 5 * w, w), by_tenant=Limit("tenant", 2500 * w, w))
     ensure_wasm()
     local_cfg = {"mode": "local", "by_user": rate(policy.by_user), "by_tenant": rate(policy.by_tenant),
                  "algorithm": policy.algorithm, "headers": "legacy", "user_header": "x-user-id",
@@ -150,6 +166,9 @@ def setup(opts, out: Path) -> driver.Rig:
         def request(identity, n):
             return "GET", f"{e.url}/api/items/{n}", {"x-user-id": identity, "x-tenant-id": TENANT}, None
 
+        if domain == "envoy-native-rls":
+            return driver.Target(name, domain, request, classify_envoy_rls, lambda ident: (ident, TENANT, None),
+                                 with_headers=True)
         return driver.Target(name, domain, request, classify_envoy, lambda ident: (ident, TENANT, None))
 
     domains = sorted({d for _, _, d in envoys})

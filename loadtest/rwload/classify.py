@@ -193,3 +193,14 @@ def classify_envoy(status: int, body: bytes | str | None) -> tuple[Outcome, str]
     if 200 <= status < 300:
         return Outcome.ALLOWED, ""
     return _generic(status), f"HTTP {status}: {str(body)[:200]}"
+
+
+def classify_envoy_rls(status: int, body: bytes | str | None, headers) -> tuple[Outcome, str]:
+    """Envoy's native `ratelimit` filter (gRPC RLS): an OVER_LIMIT answer is Envoy's local reply
+    429 carrying `x-envoy-ratelimited: true` (set by the filter, not by any upstream)."""
+    flagged = headers is not None and str(headers.get("x-envoy-ratelimited", "")).lower() == "true"
+    if status == 429 and flagged:
+        return Outcome.RATE_LIMITED, "OVER_LIMIT"
+    if 200 <= status < 300:
+        return Outcome.ALLOWED, ""
+    return _generic(status), f"HTTP {status}: {str(body)[:200]}"

@@ -53,6 +53,7 @@ class Target:
     request: Callable
     classify: Callable
     cells: Callable
+    with_headers: bool = False  # classify(status, body, headers)
 
 
 @dataclass
@@ -218,7 +219,10 @@ def call(client, target: Target, identity: str, n: int, rnd: int) -> Outcome:
                 content = resp.content or b""
             except Exception as e:  # noqa: BLE001 - a broken body is a server error
                 content, err = b"", e
-            outcome, detail = target.classify(resp.status_code, content)
+            if target.with_headers:
+                outcome, detail = target.classify(resp.status_code, content, resp.headers)
+            else:
+                outcome, detail = target.classify(resp.status_code, content)
         resp.request_meta["name"] = f"{target.name} {outcome.value}"
         if outcome.is_infrastructure_error:
             resp.failure(f"{outcome.value}: {detail}")

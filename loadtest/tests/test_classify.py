@@ -86,3 +86,12 @@ def test_no_answer():
                                                     Outcome.CONNECTION_ERROR))
     assert not any(o.is_infrastructure_error for o in (Outcome.ALLOWED, Outcome.RATE_LIMITED,
                                                         Outcome.BACKEND_UNAVAILABLE))
+
+
+def test_envoy_native_ratelimit():
+    from rwload.classify import classify_envoy_rls
+
+    assert classify_envoy_rls(429, b"", {"x-envoy-ratelimited": "true"})[0] is Outcome.RATE_LIMITED
+    assert classify_envoy_rls(429, b"", {})[0] is Outcome.CLIENT_ERROR
+    assert classify_envoy_rls(200, b"ok\n", {})[0] is Outcome.ALLOWED
+    assert classify_envoy_rls(500, b"", {})[0] is Outcome.SERVER_ERROR
