@@ -35,5 +35,6 @@ def test_envoy_config_validates(name, tmp_path):
 
 
 def test_a_broken_config_is_rejected(tmp_path):
-    cfg = envoy_cfg.config([envoy_cfg.native_ratelimit_filter("ratewall", cluster="missing")])
-    assert validate(cfg, tmp_path).returncode != 0
+    f = envoy_cfg.native_ratelimit_filter("ratewall")
+    f["typed_config"]["failure_mode_denyy"] = True  # a misspelled field
+    assert validate(envoy_cfg.config([f]), tmp_path).returncode != 0
