@@ -21,8 +21,6 @@ admit (with no rate-limit headers), and every answer must still be classified as
 `cargo build --release -p ratewall-server`.
 """
 
-import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -168,4 +166,3 @@ class ServiceUser(driver.LoadUser):
 
 
 driver.register("service", setup)
-_ = (os, signal)

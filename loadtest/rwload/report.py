@@ -12,7 +12,6 @@ from collections import defaultdict
 from pathlib import Path
 
 from .classify import Outcome
-from .verdict import US
 
 ORDER = [o.value for o in Outcome]
 
@@ -154,10 +153,6 @@ def plot(path: Path, recs, rig, started: float, burst_id: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def to_us(t: float) -> int:
-    return int(t * US)
 
 
 def save_run(path: Path, run) -> None:

@@ -155,10 +155,6 @@ def _add(v: DomainVerdict, msg: str) -> None:
         v.violations.append("... (more violations not listed)")
 
 
-def _iv(r: Rec, eps: float = EPS) -> tuple[int, int]:
-    return int((r.t0 - eps) * US), int(math.ceil((r.t1 + eps) * US))
-
-
 # ------------------------------------------------------------------------------------------------
 # per-cell checks; A = admitted intervals (s, e) in µs sorted by s
 # ------------------------------------------------------------------------------------------------
