@@ -115,7 +115,8 @@ def register(scenario: str, setup: Callable[[object], Rig]) -> None:
         if opts is None:
             return
         RUN.options = opts
-        out = Path(opts.rw_out) if opts.rw_out else ROOT / "loadtest" / "out" / f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+        out = Path(opts.rw_out).resolve() if opts.rw_out else \
+            ROOT / "loadtest" / "out" / f"{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
         out.mkdir(parents=True, exist_ok=True)
         RUN.out = out
         if not getattr(opts, "html_file", None):

@@ -117,7 +117,7 @@ class Site:
         env.update({
             "HOST": "127.0.0.1",
             "PORT": str(port),
-            "DATABASE_URL": f"sqlite:///{db}",
+            "DATABASE_URL": f"sqlite:///{db.resolve()}",  # absolute: the gateway runs in its own folder
             "JWT_SECRET_KEY": self.jwt_secret,
             "AUTH_ENCRYPTION_SECRET": self.enc_secret,
             "PLATFORM_ADMIN_EMAIL": self.admin_email,
@@ -183,8 +183,16 @@ class Site:
         finally:
             gw.stop()
         # fold the write-ahead log into the file, so a plain copy of mcp.db has everything
-        with sqlite3.connect(db) as c:
-            c.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        if not db.exists() or db.stat().st_size == 0:
+            raise RigError(f"the template gateway left no database at {db}")
+        for _ in range(50):
+            with sqlite3.connect(db) as c:
+                busy = c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+            if not busy:
+                break
+            time.sleep(0.2)
+        else:
+            raise RigError(f"could not checkpoint {db}: still in use")
         self.template_db = db
 
     def mint(self, specs: list[dict]) -> list[str]:
