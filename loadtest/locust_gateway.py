@@ -63,7 +63,7 @@ from locust import events  # noqa: E402
 
 from rwload import driver  # noqa: E402
 from rwload import gateway as gw  # noqa: E402
-from rwload.classify import classify_gateway_rpc  # noqa: E402
+from rwload.classify import Outcome, classify_gateway_rpc  # noqa: E402
 from rwload.procs import Redis  # noqa: E402
 from rwload.verdict import Fault, Limit, Policy  # noqa: E402
 
@@ -145,9 +145,10 @@ def setup(opts, out: Path) -> driver.Rig:
         warm = site.tokens[EMAIL.format("warmup")]
         for g in gws:
             for i in range(3):
-                st = gw.rpc_call(g.url, warm, gw.TOOL, i)[0]
-                if st not in (200, 429):
-                    raise gw.RigError(f"gateway {g.cfg.name}: warm-up call answered {st}")
+                st, _, body = gw.rpc_call(g.url, warm, gw.TOOL, i)
+                outcome, detail = classify_gateway_rpc(st, body)
+                if outcome not in (Outcome.ALLOWED, Outcome.RATE_LIMITED):
+                    raise gw.RigError(f"gateway {g.cfg.name}: warm-up call: {outcome.value} {st} {detail}")
     except BaseException:
         stop_all()
         raise

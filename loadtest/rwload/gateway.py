@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from .classify import Outcome, classify_gateway_rpc
 from .procs import ROOT, Proc, RigError, free_port, http_status, wait_until
 
 GW_VENV = Path(os.environ.get("RATEWALL_GW_VENV", ROOT / "loadtest" / ".venv-gw"))
@@ -177,9 +178,9 @@ class Site:
             toks = self.mint([{"email": e, "teams": [self.team_id]} for e in users])
             self.tokens = dict(zip(users, toks))
             # one call through the template proves the path works before anything is measured
-            r = rpc_call(gw.url, self.tokens[users[0]], TOOL, 1)
-            if r[0] != 200:
-                raise RigError(f"a tool call through the template gateway failed: {r}")
+            r = rpc_call(gw.url, self.tokens[users[-1]], TOOL, 1)
+            if classify_gateway_rpc(r[0], r[2])[0] is not Outcome.ALLOWED:
+                raise RigError(f"a tool call through the template gateway failed: {r[0]} {r[2][:500]!r}")
         finally:
             gw.stop()
         # fold the write-ahead log into the file, so a plain copy of mcp.db has everything
@@ -216,6 +217,9 @@ class Gateway:
         d = site.workdir / f"gw-{cfg.name}"
         d.mkdir(parents=True, exist_ok=True)
         db = d / "mcp.db"
+        # a write-ahead log left by an earlier run in this folder would be replayed into the copy
+        for old in d.glob("mcp.db*"):
+            old.unlink()
         shutil.copy(site.template_db, db)
         plugins = None
         if cfg.plugin is not None:
