@@ -20,6 +20,7 @@ rustup target list --installed | grep -q wasm32-wasip1 || rustup target add wasm
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/pip install -q --upgrade pip >/dev/null
 .venv/bin/pip install -q -r tests/requirements.txt
+.venv/bin/pip install -q -r loadtest/requirements.txt
 export PATH="$ROOT/.venv/bin:$PATH"
 
 step "cargo fmt --check"
@@ -43,10 +44,13 @@ fi
 
 step "python and end-to-end tests"
 pytest_dirs=()
-for d in tests pyo3-binding/tests http-service/e2e proxy-wasm-filter/e2e; do
+for d in tests pyo3-binding/tests http-service/e2e proxy-wasm-filter/e2e loadtest/tests; do
   if compgen -G "$d/test_*.py" >/dev/null; then pytest_dirs+=("$d"); fi
 done
 if [ ${#pytest_dirs[@]} -gt 0 ]; then
   .venv/bin/python -m pytest -q -p no:cacheprovider "${pytest_dirs[@]}"
 fi
+step "load tests, short (locust with verdicts: ratewall-server with a Redis pause; the real gateway)"
+.venv/bin/python loadtest/locust_service.py --rw-short --rw-fault --rw-out target/loadtest/service
+.venv/bin/python loadtest/locust_gateway.py --rw-short --rw-out target/loadtest/gateway
 step "all tests passed"

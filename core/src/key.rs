@@ -6,6 +6,8 @@
 //! tenant    = "t-" | "t" enc(tenant)
 //! dimension = ":u" enc(user) | ":s" enc(user) enc(server) | ":T" | ":k" enc(tool)
 //!           | ":d" enc(limit-name) count ":" enc(value)*
+//!           | ":r" enc(domain) count ":" entry*                    (descriptor rules, RLS)
+//! entry     = enc(key) ( "v" enc(value) | "p" enc(shared wildcard pattern) )
 //! enc(x)    = len ":" x               if x has at most 64 bytes   (len in decimal)
 //!           | "#" hex(SHA-256(x))     otherwise
 //! ```
@@ -18,11 +20,12 @@
 //! algorithm's state. Every key of one request shares the tenant's hash tag, so one Redis script
 //! may touch all of them on a cluster.
 
-use std::fmt::Write;
-
 use sha2::{Digest, Sha256};
 
 use crate::algorithm::Algorithm;
+
+#[cfg(feature = "descriptors")]
+use crate::config::descriptors::Entry;
 
 /// Components longer than this are replaced by their SHA-256.
 pub const MAX_RAW_COMPONENT: usize = 64;
@@ -40,16 +43,60 @@ pub enum DimKey<'a> {
     Tool(&'a str),
     /// A named descriptor limit and the values of its descriptors, in configured order.
     Descriptor(&'a str, &'a [&'a str]),
+    /// A descriptor rule of an RLS domain (see [`crate::config::descriptors`]): the domain and
+    /// every entry of the request descriptor, in request order. `shared[i]`, when present and
+    /// `Some`, is the wildcard pattern that replaces entry `i`'s value (`share_threshold`: every
+    /// value matching it shares one counter); it is tagged apart from values, so a request value
+    /// that spells the pattern never lands on the shared counter.
+    #[cfg(feature = "descriptors")]
+    Rls {
+        /// The request's domain.
+        domain: &'a str,
+        /// The request descriptor's entries, in order.
+        entries: &'a [Entry<'a>],
+        /// Per entry: the shared pattern replacing its value (may be shorter than `entries`).
+        shared: &'a [Option<String>],
+    },
+}
+
+/// Lowercase hexadecimal digits.
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// `n` in decimal, without the formatting machinery (keys are built on every request; a few
+/// bytes of code, where the `itoa` crate costs ~250 bytes in the size-bound wasm filter).
+fn push_decimal(out: &mut String, n: u64) {
+    let digit = |d: u64| char::from(b'0' + (d % 10) as u8);
+    // Component lengths and entry counts: one or two digits.
+    if n < 10 {
+        out.push(digit(n));
+        return;
+    }
+    if n < 100 {
+        out.push(digit(n / 10));
+        out.push(digit(n));
+        return;
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    while n > 0 {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out.extend(digits[i..].iter().map(|&d| char::from(d)));
 }
 
 fn enc(out: &mut String, x: &str) {
     if x.len() <= MAX_RAW_COMPONENT {
-        let _ = write!(out, "{}:", x.len());
+        push_decimal(out, x.len() as u64);
+        out.push(':');
         out.push_str(x);
     } else {
         out.push('#');
         for b in Sha256::digest(x.as_bytes()) {
-            let _ = write!(out, "{b:02x}");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
         }
     }
 }
@@ -64,6 +111,29 @@ fn fnv1a64(parts: &[&[u8]]) -> u64 {
         }
     }
     h
+}
+
+/// Room beyond 64 bytes a dimension's key part may need (so building a key allocates once).
+#[cfg(feature = "descriptors")]
+fn extra_len(dim: &DimKey<'_>) -> usize {
+    let DimKey::Rls {
+        domain, entries, ..
+    } = dim
+    else {
+        return 0;
+    };
+    // enc(x) is at most 65 bytes, plus a length of at most 2 digits and ':'.
+    let enc_len = |x: &str| x.len().min(MAX_RAW_COMPONENT + 1) + 3;
+    enc_len(domain)
+        + entries
+            .iter()
+            .map(|e| enc_len(e.key) + enc_len(e.value) + 1)
+            .sum::<usize>()
+}
+
+#[cfg(not(feature = "descriptors"))]
+fn extra_len(_: &DimKey<'_>) -> usize {
+    0
 }
 
 /// Build the storage key of one (dimension, limit) cell. See the module doc for the grammar.
@@ -83,15 +153,24 @@ pub fn cell_key(
     algorithm: Algorithm,
     window_secs: u64,
 ) -> String {
-    let mut k = String::with_capacity(prefix.len() + 64);
+    let mut k = String::with_capacity(prefix.len() + 64 + extra_len(&dim));
     k.push_str(prefix);
     match tenant {
         Some(t) => {
-            let _ = write!(k, ":{{{:016x}}}", fnv1a64(&[b"t", t.as_bytes()]));
+            let h = fnv1a64(&[b"t", t.as_bytes()]);
+            k.push_str(":{");
+            for shift in (0..16).rev() {
+                k.push(char::from(HEX[((h >> (shift * 4)) & 15) as usize]));
+            }
+            k.push('}');
         }
         None => k.push_str(":{-}"),
     }
-    let _ = write!(k, ":{}:{}:", algorithm.key_tag(), window_secs);
+    k.push(':');
+    k.push_str(algorithm.key_tag());
+    k.push(':');
+    push_decimal(&mut k, window_secs);
+    k.push(':');
     match tenant {
         Some(t) => {
             k.push('t');
@@ -117,9 +196,34 @@ pub fn cell_key(
         DimKey::Descriptor(name, values) => {
             k.push_str(":d");
             enc(&mut k, name);
-            let _ = write!(k, "{}:", values.len());
+            push_decimal(&mut k, values.len() as u64);
+            k.push(':');
             for v in values {
                 enc(&mut k, v);
+            }
+        }
+        #[cfg(feature = "descriptors")]
+        DimKey::Rls {
+            domain,
+            entries,
+            shared,
+        } => {
+            k.push_str(":r");
+            enc(&mut k, domain);
+            push_decimal(&mut k, entries.len() as u64);
+            k.push(':');
+            for (i, e) in entries.iter().enumerate() {
+                enc(&mut k, e.key);
+                match shared.get(i).and_then(Option::as_deref) {
+                    Some(pattern) => {
+                        k.push('p');
+                        enc(&mut k, pattern);
+                    }
+                    None => {
+                        k.push('v');
+                        enc(&mut k, e.value);
+                    }
+                }
             }
         }
     }
@@ -136,6 +240,57 @@ mod tests {
         let k = cell_key("rl", Some(&long), DimKey::User(&long), Algorithm::Gcra, 1);
         assert!(k.len() < 200, "{k}");
         assert!(k.contains('#'));
+    }
+
+    #[test]
+    fn decimal_writer_is_display() {
+        for n in [
+            0,
+            1,
+            9,
+            10,
+            42,
+            99,
+            100,
+            101,
+            999,
+            1_000,
+            86_400,
+            31_622_400,
+            u64::MAX,
+        ] {
+            let mut s = String::from("x");
+            push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+    }
+
+    /// The formatting-free writers give what `format!` gives (keys must not change).
+    #[test]
+    fn keys_are_those_format_would_build() {
+        let long = "é".repeat(40);
+        for tenant in ["acme", "", long.as_str()] {
+            let k = cell_key(
+                "rl",
+                Some(tenant),
+                DimKey::User(&long),
+                Algorithm::Gcra,
+                86_400,
+            );
+            let tag = format!("{:016x}", fnv1a64(&[b"t", tenant.as_bytes()]));
+            let hash = |x: &str| {
+                Sha256::digest(x.as_bytes())
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            };
+            let t = if tenant.len() > 64 {
+                format!("#{}", hash(tenant))
+            } else {
+                format!("{}:{tenant}", tenant.len())
+            };
+            assert_eq!(k, format!("rl:{{{tag}}}:gcra:86400:t{t}:u#{}", hash(&long)));
+        }
     }
 
     #[test]

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["core", "redis", "service", "envoy", "plugin"]
+SECTIONS = ["core", "redis", "service", "envoy", "plugin", "loadtest"]
 
 
 def demote(text: str) -> str:

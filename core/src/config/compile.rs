@@ -181,7 +181,8 @@ pub struct Cell {
     pub name: PolicyName,
     /// Units this cell consumes: `0` checks without consuming (RLS `hits_addend: 0`). Stores
     /// pass it to the algorithm's `peek` and `commit` (see [`crate::store::commits`]).
-    /// [`Policy::plan`] gives every cell the request's cost.
+    /// [`Policy::plan`] gives every cell the request's cost, [`Policy::plan_descriptors`]
+    /// each descriptor's `hits_addend`.
     pub cost: u64,
     /// Evaluated, counted and reported, but never denies the request (global `shadow_mode`,
     /// or the rule's own `shadow_mode`). See [`crate::decision`].
@@ -287,7 +288,7 @@ impl DimRate {
 }
 
 /// A policy name usable inside an RFC 8941 sf-string: printable ASCII, with `"` and `\\` replaced.
-fn header_safe(name: &str) -> String {
+pub(crate) fn header_safe(name: &str) -> String {
     name.chars()
         .map(|c| {
             if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' {
@@ -323,6 +324,9 @@ pub struct Policy {
     limits: Vec<DescriptorLimit>,
     /// `shadow_mode`: every cell is shadow.
     shadow_mode: bool,
+    /// RLS domains (descriptor rules): inline `domains` plus [`LimiterConfig::with_domains`].
+    #[cfg(feature = "descriptors")]
+    domains: std::sync::Arc<super::descriptors::DomainSet>,
 }
 
 /// The whole validated configuration.
@@ -375,11 +379,11 @@ fn not_one_of(key: &str, v: &str, names: &mut dyn Iterator<Item = &str>) -> Conf
     err(key, format!("{v:?} is not valid; expected one of {list}"))
 }
 
-fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
+pub(crate) fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
     let rate = parse_rate(text).map_err(|e| err(path, format!("{text:?}: {e}")))?;
     if algorithm.needs_product_bound() {
         for l in rate.limits() {
-            if u128::from(l.count()) * u128::from(l.window_micros()) > u128::from(MAX_EXACT) {
+            if !exact_for(l, algorithm) {
                 return Err(err(
                     path,
                     format!(
@@ -393,6 +397,13 @@ fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigE
         }
     }
     Ok(rate)
+}
+
+/// Whether `algorithm` computes `limit` exactly (in Rust and in the Redis script alike): the
+/// algorithms that multiply count and window need `count × window_µs <= 2^53`.
+pub(crate) fn exact_for(limit: &Limit, algorithm: Algorithm) -> bool {
+    !algorithm.needs_product_bound()
+        || u128::from(limit.count()) * u128::from(limit.window_micros()) <= u128::from(MAX_EXACT)
 }
 
 fn valid_name(s: &str) -> bool {
@@ -678,6 +689,16 @@ impl LimiterConfig {
             }
         };
 
+        #[cfg(feature = "descriptors")]
+        let domains = match &raw.domains {
+            None => Default::default(),
+            Some(v) => {
+                let set = super::descriptors::DomainSet::from_inline(v)?;
+                set.check_algorithms(algorithm)?;
+                std::sync::Arc::new(set)
+            }
+        };
+
         Ok(Self {
             policy: Policy {
                 algorithm,
@@ -688,6 +709,8 @@ impl LimiterConfig {
                 by_tool,
                 limits,
                 shadow_mode: raw.shadow_mode.unwrap_or(false),
+                #[cfg(feature = "descriptors")]
+                domains,
             },
             backend,
             redis,
@@ -718,7 +741,30 @@ impl LimiterConfig {
             "headers": match self.headers { HeaderFormat::Legacy => "legacy", HeaderFormat::Ietf => "ietf", HeaderFormat::Both => "both", HeaderFormat::None => "none" },
             "memory_max_keys": self.memory_max_keys,
             "shadow_mode": self.policy.shadow_mode,
+            "domains": self.effective_domains(),
         })
+    }
+
+    #[cfg(feature = "descriptors")]
+    fn effective_domains(&self) -> serde_json::Value {
+        self.policy.domains.summary()
+    }
+
+    #[cfg(not(feature = "descriptors"))]
+    fn effective_domains(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
+
+    /// Add RLS domains loaded by the packaging (e.g. the service's `descriptor_config` files,
+    /// through [`super::descriptors::DomainSet::from_documents`]) to the inline `domains`.
+    /// A domain defined twice is an error naming both origins; rules without their own
+    /// `algorithm` are checked against this config's `algorithm`.
+    #[cfg(feature = "descriptors")]
+    pub fn with_domains(mut self, set: super::descriptors::DomainSet) -> Result<Self, ConfigError> {
+        set.check_algorithms(self.policy.algorithm)?;
+        let merged = self.policy.domains.merged(set)?;
+        self.policy.domains = std::sync::Arc::new(merged);
+        Ok(self)
     }
 }
 
@@ -788,6 +834,23 @@ impl Policy {
             && self.by_tenant.is_none()
             && self.by_tool.is_empty()
             && self.limits.is_empty()
+            && self.domains_empty()
+    }
+
+    #[cfg(feature = "descriptors")]
+    fn domains_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    #[cfg(not(feature = "descriptors"))]
+    fn domains_empty(&self) -> bool {
+        true
+    }
+
+    /// The RLS domains (descriptor rules) of this policy.
+    #[cfg(feature = "descriptors")]
+    pub fn domains(&self) -> &super::descriptors::DomainSet {
+        &self.domains
     }
 
     /// The algorithm of every cell.

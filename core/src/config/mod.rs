@@ -2,6 +2,8 @@
 //!
 //! * [`schema`] mirrors the file (serde; unknown keys rejected with a suggestion);
 //! * [`rate`] parses rate strings;
+//! * [`descriptors`] loads envoyproxy/ratelimit configuration documents (RLS domains, core key
+//!   `domains`) and plans RLS requests against them;
 //! * [`compile`] validates everything once, at load time, into [`LimiterConfig`] and its
 //!   [`Policy`], which the hot path uses without re-checking.
 //!
@@ -9,6 +11,8 @@
 //! ignored or disabled.
 
 pub mod compile;
+#[cfg(feature = "descriptors")]
+pub mod descriptors;
 pub mod rate;
 pub mod schema;
 

@@ -33,6 +33,7 @@ pub const CORE_KEYS: &[&str] = &[
     "headers",
     "memory_max_keys",
     "shadow_mode",
+    "domains",
 ];
 
 /// A generic named limit over request descriptors (header values, API keys, ...).
@@ -76,6 +77,9 @@ pub struct RawConfig {
     pub headers: Option<String>,
     pub memory_max_keys: Option<u64>,
     pub shadow_mode: Option<bool>,
+    /// envoyproxy/ratelimit configuration documents, inline (see `config::descriptors`).
+    #[cfg(feature = "descriptors")]
+    pub domains: Option<serde_json::Value>,
 }
 
 /// The closest known key to `unknown`, if any is close enough to be a likely typo.
