@@ -223,17 +223,28 @@ fn spawn_reloaders(state: Arc<AppState>) {
             });
             Some((m.modified().ok()?, m.len(), hash))
         };
-        let mut last = fingerprint(&path);
+        // ... and the `descriptor_config` files of the running configuration, if any
+        let descriptors = |state: &AppState| {
+            let rt = state.runtime();
+            state
+                .source
+                .descriptor_path(&rt.loaded)
+                .map(|p| descriptor_files::fingerprint(&p))
+        };
+        let mut last = (fingerprint(&path), descriptors(&state));
         loop {
             tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = (fingerprint(&path), descriptors(&state));
             if !state.runtime().loaded.service.watch_config {
-                last = fingerprint(&path);
+                last = now;
                 continue;
             }
-            let now = fingerprint(&path);
-            if now.is_some() && now != last {
-                last = now;
+            // unreadable (mid-swap): wait for a readable state before comparing
+            let readable = now.0.is_some() && !matches!(now.1, Some(None));
+            if readable && now != last {
                 reload_and_log(&state, "file change").await;
+                // the reload may have changed `descriptor_config` itself
+                last = (now.0, descriptors(&state));
             }
         }
     });

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ratewall_core::clock::{Clock, SystemClock};
+use ratewall_core::config::descriptors::DomainSet;
 use ratewall_core::config::{Backend, FailMode, Plan};
 use ratewall_core::decision::Decision;
 use ratewall_core::store::memory::MemoryStore;
@@ -114,15 +115,25 @@ impl ConfigSource {
             Some(p) => std::fs::read_to_string(p)
                 .map_err(|e| format!("cannot read {}: {e}", p.display()))?,
         };
-        let loaded =
+        let mut loaded =
             Loaded::from_yaml(&text, self.redis_url.as_deref()).map_err(|e| e.to_string())?;
-        if loaded.service.descriptor_config.is_some() {
-            // never silently ignored: the RLS rules arrive with the core's descriptor language
-            return Err("descriptor_config: the descriptor policy language is not in this build \
-                        yet (RLS rules cannot be loaded)"
-                .to_string());
+        if let Some(dir) = self.descriptor_path(&loaded) {
+            let docs = crate::descriptor_files::read(&dir)?;
+            let refs: Vec<(&str, &str)> =
+                docs.iter().map(|(o, t)| (o.as_str(), t.as_str())).collect();
+            let set = DomainSet::from_documents(&refs).map_err(|e| e.to_string())?;
+            loaded.limiter = loaded
+                .limiter
+                .with_domains(set)
+                .map_err(|e| e.to_string())?;
         }
         Ok(loaded)
+    }
+
+    /// `descriptor_config` of `loaded`, resolved against the config file's directory.
+    pub fn descriptor_path(&self, loaded: &Loaded) -> Option<PathBuf> {
+        let p = loaded.service.descriptor_config.as_ref()?;
+        Some(crate::descriptor_files::resolve(p, self.path.as_deref()))
     }
 }
 

@@ -7,11 +7,13 @@
 //! (`DEADLINE_EXCEEDED`). See `docs/SERVICE.md`.
 
 pub mod authz;
+pub mod rls;
 
 use std::future::Future;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::AuthorizationServer;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer;
 use tonic::transport::server::TcpIncoming;
 
 use crate::state::AppState;
@@ -47,6 +49,8 @@ pub async fn serve(
     }
     let authz = AuthorizationServer::new(authz::ExtAuthz::new(state.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let rls = RateLimitServiceServer::new(rls::Rls::new(state.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tracing::info!(%addr, "gRPC listening (RLS v3, ext_authz v3, health)");
     println!("ratewall-server gRPC listening on {addr}");
@@ -54,6 +58,7 @@ pub async fn serve(
     let server = tonic::transport::Server::builder()
         .timeout(settings.request_timeout)
         .add_service(health)
+        .add_service(rls)
         .add_service(authz)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop_rx.await;
