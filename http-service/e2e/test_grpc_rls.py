@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from envoy_rig import Envoy, away_from_window_edge, h2c_cluster, http_cluster
-from service_harness import ROOT, Upstream
+from service_harness import ROOT, Upstream, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -231,3 +231,34 @@ def test_core_headers_instead_of_envoys(servers, envoys, upstream, tmp_path):
             assert names.count("retry-after") == 1, raw
             assert names.count("x-ratelimit-remaining") == 1, raw
             assert int(r.headers["retry-after"]) >= 1
+
+
+def test_descriptor_files_are_watched_and_reread_on_sighup(servers, envoys, upstream, tmp_path):
+    rw = servers(deploy_ratewall(tmp_path))
+    envoy = envoys(deploy_envoy(rw.grpc_port, upstream.port))
+    rules = tmp_path / "ratelimit" / "config.yaml"
+    away_from_window_edge(60, 20)
+    r = get(envoy, "/api/1", "hank")
+    assert r.headers["x-ratelimit-remaining"] == "4"
+    # the watch: 5 -> 2 per minute; the counter of the rule (same window) is kept
+    rules.write_text(rules.read_text().replace("requests_per_unit: 5\n", "requests_per_unit: 2\n"))
+    wait_until(lambda: rw.metric("ratewall_config_generation") == 2, timeout=10, what="reload")
+    assert [get(envoy, "/api/2", "hank").status_code for _ in range(2)] == [200, 429]
+    # a broken file keeps the running rules; the log names the file
+    rules.write_text("domain: edge\ndescriptors:\n  - value: v\n")
+    wait_until(lambda: rw.metric('ratewall_config_reloads_total{result="rejected"}') >= 1, timeout=10,
+               what="rejected reload")
+    assert "config.yaml" in rw.stderr()
+    assert get(envoy, "/api/3", "hank").status_code == 429
+    assert rw.metric("ratewall_config_generation") == 2
+    # SIGHUP rereads the directory too (a new file: a new domain next to edge)
+    rules.write_text((DEPLOY / "ratelimit" / "config.yaml").read_text())
+    wait_until(lambda: rw.metric("ratewall_config_generation") == 3, timeout=10, what="reload")
+    (tmp_path / "ratelimit" / "other.yaml").write_text(
+        "domain: other\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n")
+    rw.send(signal.SIGHUP)
+    wait_until(lambda: any("SIGHUP" in ln and "configuration reloaded" in ln for ln in rw.stderr().splitlines()),
+               timeout=10, what="SIGHUP reload")
+    assert rw.metric("ratewall_config_generation") >= 4
+    # 5 per minute again, 2 of them used (denied requests are not counted)
+    assert [get(envoy, "/api/4", "hank").status_code for _ in range(4)] == [200, 200, 200, 429]
