@@ -42,6 +42,7 @@ domains:
 
 struct Rig {
     addr: std::net::SocketAddr,
+    state: Arc<AppState>,
     client: RateLimitServiceClient<Channel>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<std::io::Result<()>>,
@@ -61,15 +62,20 @@ async fn rig(yaml: &str) -> Rig {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let done = tokio::spawn(ratewall_server::grpc::serve(state, listener, async move {
-        let _ = rx.await;
-    }));
+    let done = tokio::spawn(ratewall_server::grpc::serve(
+        state.clone(),
+        listener,
+        async move {
+            let _ = rx.await;
+        },
+    ));
     let client = RateLimitServiceClient::connect(format!("http://{addr}"))
         .await
         .unwrap()
         .max_encoding_message_size(64 << 20);
     Rig {
         addr,
+        state,
         client,
         stop: Some(tx),
         done,
@@ -521,4 +527,44 @@ async fn descriptor_config_directory_loads_and_reloads_keeping_counters() {
     let _ = tx.send(());
     done.await.unwrap().unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn shadow_rules_answer_ok_and_are_counted() {
+    let yaml = r#"
+domains:
+  - domain: edge
+    descriptors:
+      - key: remote_address
+        shadow_mode: true
+        rate_limit: {unit: minute, requests_per_unit: 1, name: ip_shadow}
+      - key: user
+        rate_limit: {unit: minute, requests_per_unit: 5}
+"#;
+    let mut r = rig(yaml).await;
+    let both = || req("edge", vec![ip("10.3.0.1"), desc(&[("user", "u")])]);
+    assert_eq!(r.ok(both()).await.overall_code, Code::Ok as i32);
+    // the shadow rule is over its limit: OK (would-be denial counted), the enforced rule charged
+    let resp = r.ok(both()).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    assert_eq!(resp.statuses[0].code, Code::Ok as i32);
+    assert_eq!(resp.statuses[1].limit_remaining, 3);
+    let text = r.state.render_metrics().await;
+    assert!(
+        text.contains(
+            "ratewall_shadow_denials_total{limit=\"ip_shadow\",dimension=\"descriptor\"} 1"
+        ),
+        "{text}"
+    );
+    r.stop().await;
+
+    // global shadow_mode: nothing is ever over limit
+    let mut r = rig(&format!("{CONFIG}\nshadow_mode: true\n")).await;
+    for _ in 0..5 {
+        let resp = r
+            .ok(req("edge", vec![desc(&[("generic_key", "slow")])]))
+            .await;
+        assert_eq!(resp.overall_code, Code::Ok as i32);
+    }
+    r.stop().await;
 }
