@@ -16,6 +16,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use envoy_types::pb::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
 use envoy_types::pb::google::protobuf::UInt64Value;
 use ratewall_core::clock::ManualClock;
+use ratewall_core::config::rate::MAX_COUNT;
 use ratewall_server::settings::Loaded;
 use ratewall_server::state::{AppState, ConfigSource};
 use tonic::transport::Channel;
@@ -337,6 +338,31 @@ async fn bad_input_is_a_grpc_error_naming_the_field() {
         let (code, msg) = refused(&mut r, q).await;
         assert_eq!(code, tonic::Code::InvalidArgument, "{field}: {msg}");
         assert!(msg.starts_with(&format!("{field}:")), "{field}: {msg}");
+    }
+    // the same counter twice: the hits add up, and their sum may not pass the largest count
+    let (code, msg) = refused(&mut r, {
+        let mut d = ip("1");
+        d.hits_addend = Some(UInt64Value { value: MAX_COUNT });
+        req("edge", vec![d.clone(), d])
+    })
+    .await;
+    assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+    assert!(msg.starts_with("descriptors[1].hits_addend:"), "{msg}");
+    // the request's largest hits_addend: above the largest count, refused; within it, a valid
+    // request that can never pass
+    let mut q = req("edge", vec![ip("1")]);
+    q.hits_addend = u32::MAX;
+    if u64::from(u32::MAX) > MAX_COUNT {
+        let (code, msg) = refused(&mut r, q).await;
+        assert_eq!(code, tonic::Code::InvalidArgument, "{msg}");
+        assert!(msg.starts_with("hits_addend:"), "{msg}");
+    } else {
+        let resp = r.ok(q).await;
+        assert_eq!(resp.overall_code, Code::OverLimit as i32);
+        assert!(
+            resp.statuses[0].duration_until_reset.is_none(),
+            "never passes: no reset"
+        );
     }
     // a message above the bound is refused before it is decoded
     let big = "v".repeat(2 << 20);
