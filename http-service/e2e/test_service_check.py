@@ -48,7 +48,8 @@ def test_check_allows_then_denies_with_core_headers(servers):
             assert r.headers[name] == value
         assert body["reset"] == int(r.headers["X-RateLimit-Reset"])
         assert body["dimensions"] == [
-            {"dimension": "user", "name": "by_user", "limit": 3, "window": 60, "allowed": True, "remaining": 2 - i}]
+            {"dimension": "user", "name": "by_user", "limit": 3, "window": 60, "allowed": True, "remaining": 2 - i,
+             "shadow": False}]
     r = s.check({"user": "alice"})
     assert r.status_code == 429
     body = r.json()
@@ -88,8 +89,8 @@ def test_no_limit_applies_means_allowed_without_headers(servers):
     s = servers('by_tool: {search: "1/m"}\n')
     r = s.check({"tool": "other"})
     assert r.status_code == 200
-    assert r.json() == {"allowed": True, "reason": None, "limit": None, "remaining": None, "reset": None,
-                        "retry_after": None, "headers": [], "dimensions": []}
+    assert r.json() == {"allowed": True, "shadow_denied": False, "reason": None, "limit": None, "remaining": None,
+                        "reset": None, "retry_after": None, "headers": [], "dimensions": []}
     assert "X-RateLimit-Limit" not in r.headers
 
 
