@@ -311,12 +311,6 @@ impl Decision {
         }
     }
 
-    /// Whether the headers describe dimension `d` of this decision: the enforced cells, or every
-    /// cell when all are shadow (module docs).
-    pub fn describes(&self, d: &DimensionResult) -> bool {
-        !d.shadow || self.dimensions.iter().all(|x| x.shadow)
-    }
-
     /// The reported cell, if any.
     pub fn reported(&self) -> Option<&DimensionResult> {
         self.reported.and_then(|i| self.dimensions.get(i))

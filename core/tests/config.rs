@@ -32,11 +32,12 @@ config_error! {
     wrong_type_rate_int: "by_user: 5" => ["by_user", "invalid type: integer `5`"];
     wrong_type_by_tool_list: "by_tool: [a, b]" => ["by_tool", "invalid type: sequence"];
     wrong_type_by_tool_value: "by_tool: {echo: 5}" => ["by_tool.echo", "invalid type: integer"];
-    bad_rate_unit: "by_user: 5/w" => ["by_user", "\"5/w\"", "unknown unit"];
+    bad_rate_unit: "by_user: 5/fortnight" => ["by_user", "\"5/fortnight\"", "unknown unit"];
+    bad_rate_two_years: "by_user: 5/2y" => ["by_user", "\"5/2y\"", "366 days"];
     bad_rate_zero: "by_tenant: 0/s" => ["by_tenant", "\"0/s\"", "at least 1"];
     bad_rate_fraction: "by_user: 1.5/s" => ["by_user", "invalid count"];
     bad_rate_underscore: "by_user: 1_000/m" => ["by_user", "invalid count"];
-    bad_rate_absurd: "by_user: 5000000/m" => ["by_user", "ceiling"];
+    bad_rate_absurd: "by_user: 4294967296/m" => ["by_user", "ceiling of 4294967295"];
     bad_rate_same_window: "by_user: 5/s;6/sec" => ["by_user", "share the window"];
     bad_tool_rate: "by_tool: {echo: 5/x}" => ["by_tool[\"echo\"]", "\"5/x\""];
     duplicate_tool_after_normalisation: "by_tool: {Echo: 5/s, ' echo ': 6/s}" => ["by_tool", "duplicate key after normalisation", "\"echo\""];
@@ -54,7 +55,9 @@ config_error! {
     bad_memory_max_keys: "memory_max_keys: 5" => ["memory_max_keys", "5 is outside"];
     bad_timeout: "redis_timeout_ms: 0" => ["redis_timeout_ms", "0 is outside"];
     negative_timeout: "redis_timeout_ms: -5" => ["redis_timeout_ms", "invalid value: integer `-5`"];
-    product_too_fine_for_token_bucket: "{algorithm: token_bucket, by_user: 1000000/d}" => ["by_user", "2^53", "token_bucket"];
+    gcra_finer_than_a_microsecond: "{algorithm: gcra, by_user: 1000001/s}" => ["by_user", "\"1000001/s\"", "gcra", "one per µs"];
+    sliding_log_too_long: "{algorithm: sliding_window, by_tool: {echo: 1000001/h}}" => ["by_tool[\"echo\"]", "1000001", "sliding_window", "sliding_window_counter"];
+    sliding_log_too_long_in_limits: "{algorithm: sliding_window, limits: [{name: k, descriptors: [a], rate: 5/s;2000000/d}]}" => ["limits[0].rate", "sliding_window"];
     descriptor_limit_unknown_field: "limits: [{name: k, descriptors: [api_key], rate: 5/s, extra: 1}]" => ["limits[0]", "unknown field `extra`"];
     descriptor_limit_bad_name: "limits: [{name: 'a b', descriptors: [k], rate: 5/s}]" => ["limits[0].name", "\"a b\""];
     descriptor_limit_reserved_name: "limits: [{name: user, descriptors: [k], rate: 5/s}]" => ["limits[0].name", "reserved"];
@@ -105,6 +108,20 @@ fn defaults() {
     assert_eq!(r.timeout_ms, 50);
     assert_eq!(r.clock, ClockSource::Server);
     assert!(r.check_hostname);
+}
+
+/// Production-size limits: u32::MAX counts, week, month and year windows, for every algorithm
+/// that can enforce them exactly (all of them, within gcra's and sliding_window's bounds).
+#[test]
+fn production_size_limits_load() {
+    for alg in ["fixed_window", "sliding_window_counter", "token_bucket"] {
+        let c = ok(&format!(
+            "{{algorithm: {alg}, by_user: '4294967295/y', by_tenant: '4294967295/s;1000000/w', by_tool: {{echo: '999999937/mo'}}}}"
+        ));
+        assert_eq!(c.policy.algorithm().name(), alg);
+    }
+    ok("{algorithm: sliding_window, by_user: '1000000/y', by_tenant: '5/w'}");
+    ok("{algorithm: gcra, by_user: '1000000/s', by_tenant: '4294967295/y;4294967295/2h'}");
 }
 
 #[test]

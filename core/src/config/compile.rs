@@ -12,7 +12,7 @@ use serde_json::json;
 use super::rate::{parse_rate, Limit, Rate, MAX_COUNT};
 use super::schema::{split_and_parse, RawConfig};
 use super::{normalize_name, ConfigError};
-use crate::algorithm::{Algorithm, MAX_EXACT};
+use crate::algorithm::Algorithm;
 use crate::key::{cell_key, DimKey};
 
 /// Where counters live.
@@ -375,22 +375,17 @@ fn not_one_of(key: &str, v: &str, names: &mut dyn Iterator<Item = &str>) -> Conf
     err(key, format!("{v:?} is not valid; expected one of {list}"))
 }
 
-fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
+/// Parse a rate string for `algorithm`: every limit must be one the algorithm enforces exactly
+/// ([`Algorithm::check_limit`]); errors name the path, the text and the algorithm.
+pub fn rate_for(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
     let rate = parse_rate(text).map_err(|e| err(path, format!("{text:?}: {e}")))?;
-    if algorithm.needs_product_bound() {
-        for l in rate.limits() {
-            if u128::from(l.count()) * u128::from(l.window_micros()) > u128::from(MAX_EXACT) {
-                return Err(err(
-                    path,
-                    format!(
-                        "{text:?}: {} × {} s is too fine for {} (count × window in µs must not exceed 2^53); use a shorter window or a smaller count",
-                        l.count(),
-                        l.window_secs(),
-                        algorithm.name()
-                    ),
-                ));
-            }
-        }
+    for l in rate.limits() {
+        algorithm.check_limit(l).map_err(|e| {
+            err(
+                path,
+                format!("{text:?}: {e} (algorithm {})", algorithm.name()),
+            )
+        })?;
     }
     Ok(rate)
 }
@@ -500,7 +495,7 @@ impl LimiterConfig {
 
         let dim = |key: &str, v: &Option<String>| -> Result<Option<DimRate>, ConfigError> {
             v.as_ref()
-                .map(|text| rate_at(key, text, algorithm).map(|r| DimRate::new(key, &r)))
+                .map(|text| rate_for(key, text, algorithm).map(|r| DimRate::new(key, &r)))
                 .transpose()
         };
         let by_user = dim("by_user", &raw.by_user)?;
@@ -514,7 +509,7 @@ impl LimiterConfig {
             if norm.is_empty() {
                 return Err(err(&path, "tool name is blank"));
             }
-            let rate = rate_at(&path, text, algorithm)?;
+            let rate = rate_for(&path, text, algorithm)?;
             let at = match by_tool.binary_search_by(|(t, _)| t.as_str().cmp(&norm)) {
                 Err(at) => at,
                 Ok(_) => {
@@ -576,7 +571,7 @@ impl LimiterConfig {
                     ));
                 }
             }
-            let rate = rate_at(&format!("{path}.rate"), &l.rate, algorithm)?;
+            let rate = rate_for(&format!("{path}.rate"), &l.rate, algorithm)?;
             limits.push(DescriptorLimit {
                 descriptors: l.descriptors.clone(),
                 rate: DimRate::new(&l.name, &rate),
