@@ -48,7 +48,8 @@ def test_check_allows_then_denies_with_core_headers(servers):
             assert r.headers[name] == value
         assert body["reset"] == int(r.headers["X-RateLimit-Reset"])
         assert body["dimensions"] == [
-            {"dimension": "user", "name": "by_user", "limit": 3, "window": 60, "allowed": True, "remaining": 2 - i}]
+            {"dimension": "user", "name": "by_user", "limit": 3, "window": 60, "allowed": True, "remaining": 2 - i,
+             "shadow": False}]
     r = s.check({"user": "alice"})
     assert r.status_code == 429
     body = r.json()
@@ -88,8 +89,8 @@ def test_no_limit_applies_means_allowed_without_headers(servers):
     s = servers('by_tool: {search: "1/m"}\n')
     r = s.check({"tool": "other"})
     assert r.status_code == 200
-    assert r.json() == {"allowed": True, "reason": None, "limit": None, "remaining": None, "reset": None,
-                        "retry_after": None, "headers": [], "dimensions": []}
+    assert r.json() == {"allowed": True, "shadow_denied": False, "reason": None, "limit": None, "remaining": None,
+                        "reset": None, "retry_after": None, "headers": [], "dimensions": []}
     assert "X-RateLimit-Limit" not in r.headers
 
 
@@ -264,6 +265,13 @@ def test_check_config_cli(tmp):
         ("request_timeout_ms: -5\n", "request_timeout_ms"),
         ("backend: redis\n", "redis_url"),
         (": : :\n", "YAML"),
+        # every check start-up runs: the Redis TLS files are read and validated too
+        ("by_user: 1/s\nbackend: redis\nredis_url: rediss://h:1\nredis_ssl_ca_certs: /nonexistent/ca.pem\n",
+         "redis_ssl_ca_certs"),
+        # a file that configures no limit, or names a key twice
+        ("backend: memory\n", "no limit is configured"),
+        ("", "the configuration is empty"),
+        ("by_user: 1/s\nby_user: 2/s\n", 'duplicate key "by_user" at line 2'),
     ]:
         bad.write_text(text)
         r = subprocess.run([BIN, "--check-config", "--config", bad], capture_output=True, text=True, timeout=20)
@@ -273,7 +281,7 @@ def test_check_config_cli(tmp):
                        timeout=20)
     assert r.returncode != 0 and "cannot read" in r.stderr
     # env overrides: RATEWALL_REDIS_URL replaces redis_url, RATEWALL_LISTEN the listen address
-    good.write_text("backend: redis\nredis_url: redis://file:1\n")
+    good.write_text("by_user: 1/s\nbackend: redis\nredis_url: redis://file:1\n")
     r = subprocess.run([BIN, "--check-config", "--config", good], capture_output=True, text=True, timeout=20,
                        env={"RATEWALL_REDIS_URL": "redis://env:2", "RATEWALL_LISTEN": "127.0.0.1:7777"})
     assert r.returncode == 0, r.stderr

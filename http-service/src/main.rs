@@ -69,6 +69,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Every check start-up runs before serving: the Redis TLS files too (the store reads them).
+    #[cfg(feature = "redis")]
+    if let Some(r) = &loaded.limiter.redis {
+        if let Err(e) = ratewall_core::store::redis::check_tls_files(r) {
+            eprintln!("ratewall-server: configuration error ({origin}): {e}");
+            return ExitCode::from(2);
+        }
+    }
     println!("# ratewall-server effective configuration ({origin}); listening on {listen}");
     print!("{}", loaded.effective_yaml());
     if cli.check_config {

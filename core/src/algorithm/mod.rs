@@ -234,7 +234,7 @@ impl CellState {
 
     /// Inverse of [`CellState::to_bytes`]; `None` for bytes it did not produce.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 8 != 0 || bytes.is_empty() {
+        if !bytes.len().is_multiple_of(8) || bytes.is_empty() {
             return None;
         }
         let words: Vec<u64> = bytes

@@ -399,8 +399,22 @@ fn valid_name(s: &str) -> bool {
 
 impl LimiterConfig {
     /// Validate a configuration given as JSON. `extra_keys` are the packaging's own settings,
-    /// returned untouched in the second element.
+    /// returned untouched in the second element. A configuration that enables no limit is an
+    /// error unless it sets `allow_empty: true` ([`Self::check_not_empty`]).
     pub fn from_json_value(
+        value: serde_json::Value,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let empty_document = value.is_null() || value.as_object().is_some_and(|m| m.is_empty());
+        let (cfg, extra) = Self::from_json_value_partial(value, extra_keys)?;
+        cfg.require_limits(empty_document)?;
+        Ok((cfg, extra))
+    }
+
+    /// [`Self::from_json_value`] without the emptiness check, for packagings whose limits may
+    /// come from elsewhere (the Envoy filter in remote mode; limits merged in afterwards): they
+    /// call [`Self::check_not_empty`] once the configuration is complete.
+    pub fn from_json_value_partial(
         value: serde_json::Value,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
@@ -408,24 +422,47 @@ impl LimiterConfig {
         Ok((Self::compile(raw)?, extra))
     }
 
-    /// [`LimiterConfig::from_json_value`] from JSON text.
+    /// A configuration that enables no limit at all is an error unless it says so explicitly
+    /// (`allow_empty: true`): an empty or truncated file must never mean "no limits" silently.
+    pub fn check_not_empty(&self) -> Result<(), ConfigError> {
+        self.require_limits(self.raw == RawConfig::default())
+    }
+
+    /// [`Self::check_not_empty`], told whether the whole document was empty (`{}`, `null`, an
+    /// empty file) so the error says which problem it is.
+    pub fn require_limits(&self, empty_document: bool) -> Result<(), ConfigError> {
+        if !self.policy.is_empty() || self.raw.allow_empty == Some(true) {
+            return Ok(());
+        }
+        let what = if empty_document {
+            "the configuration is empty (an empty or truncated file, {} or null)"
+        } else {
+            "no limit is configured"
+        };
+        Err(err(
+            "<root>",
+            format!("{what}: set one (e.g. by_user: \"100/m\"), or allow_empty: true to run without limits"),
+        ))
+    }
+
+    /// [`LimiterConfig::from_json_value`] from JSON text (strict: bounded size and depth,
+    /// duplicate keys refused, see [`super::document`]).
     pub fn from_json_str(
         text: &str,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| err("<root>", format!("not valid JSON: {e}")))?;
-        Self::from_json_value(value, extra_keys)
+        Self::from_json_value(super::document::json(text.as_bytes())?, extra_keys)
     }
 
-    /// [`LimiterConfig::from_json_value`] from YAML text.
+    /// [`LimiterConfig::from_json_value`] from YAML text (strict: bounded size and depth,
+    /// duplicate keys refused, see [`super::document`]). An empty document is `{}` (and so an
+    /// error unless it is allowed: it configures no limit).
     #[cfg(feature = "yaml")]
     pub fn from_yaml_str(
         text: &str,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
-        let value: serde_json::Value = serde_yaml::from_str(text)
-            .map_err(|e| err("<root>", format!("not valid YAML: {e}")))?;
+        let value = super::document::yaml(text)?;
         let value = if value.is_null() {
             serde_json::Value::Object(Default::default())
         } else {
@@ -713,6 +750,7 @@ impl LimiterConfig {
             "headers": match self.headers { HeaderFormat::Legacy => "legacy", HeaderFormat::Ietf => "ietf", HeaderFormat::Both => "both", HeaderFormat::None => "none" },
             "memory_max_keys": self.memory_max_keys,
             "shadow_mode": self.policy.shadow_mode,
+            "allow_empty": r.allow_empty.unwrap_or(false),
         })
     }
 }

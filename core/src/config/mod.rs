@@ -1,5 +1,7 @@
 //! Configuration: one schema for every packaging.
 //!
+//! * [`document`] reads YAML and JSON text strictly (bounded size and depth, duplicate keys
+//!   refused);
 //! * [`schema`] mirrors the file (serde; unknown keys rejected with a suggestion);
 //! * [`rate`] parses rate strings;
 //! * [`compile`] validates everything once, at load time, into [`LimiterConfig`] and its
@@ -9,6 +11,7 @@
 //! ignored or disabled.
 
 pub mod compile;
+pub mod document;
 pub mod rate;
 pub mod schema;
 

@@ -33,6 +33,7 @@ pub const CORE_KEYS: &[&str] = &[
     "headers",
     "memory_max_keys",
     "shadow_mode",
+    "allow_empty",
 ];
 
 /// A generic named limit over request descriptors (header values, API keys, ...).
@@ -76,6 +77,7 @@ pub struct RawConfig {
     pub headers: Option<String>,
     pub memory_max_keys: Option<u64>,
     pub shadow_mode: Option<bool>,
+    pub allow_empty: Option<bool>,
 }
 
 /// The closest known key to `unknown`, if any is close enough to be a likely typo.
