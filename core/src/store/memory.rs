@@ -3,8 +3,9 @@
 //! * **Concurrency.** Keys are spread over 16 to 65,536 mutex-protected hash tables, about one
 //!   per 32 keys of `max_keys` (1,000,000 keys: 32,768 shards). A request locks the shards of its
 //!   cells in ascending index order (so two requests can never deadlock), reads the clock, peeks
-//!   every cell, and commits every cell only if all admit: all-or-nothing and exact (T threads on
-//!   one key with limit L admit exactly L). There is no global lock and no background thread.
+//!   every cell at its own cost, and commits only if every enforced cell admits (then the cells
+//!   that [`super::commits`]): all-or-nothing and exact (T threads on one key with limit L admit
+//!   exactly L). There is no global lock and no background thread.
 //!   The shards are many so that threads working on different keys rarely write the same cache
 //!   line: with 256 shards, two threads each cycling over their own 1,024 keys met in every shard
 //!   and moved its lock word between cores on about every other check (1.27x the throughput of
