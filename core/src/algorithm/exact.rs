@@ -17,10 +17,7 @@
 ///
 /// `m >= 1` (checked in debug builds); a quotient beyond `u64` saturates (never reached: every
 /// caller's quotient is at most a count plus one, or a window).
-///
-/// Not inlined: its half a dozen call sites would each carry a copy (the wasm filter's size is
-/// bounded), for the price of a call in the token bucket and the sliding window counter.
-#[inline(never)]
+#[inline]
 pub fn mul_div(a: u64, b: u64, c: u64, m: u64) -> (u64, u64) {
     debug_assert!(m >= 1);
     // Fewer than 64 significant bits between them: `a b < 2^64` (cheaper than an

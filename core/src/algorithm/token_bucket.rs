@@ -100,7 +100,9 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     }
 }
 
-/// See the module doc.
+/// See the module doc. (Not inlined into `CellState::commit`: its wide arithmetic would cost the
+/// other algorithms' arms there a heavier prologue.)
+#[inline(never)]
 pub fn commit(s: &mut State, now: Micros, cost: u64, limit: &Limit) {
     let (tokens, rem) = refill(s, now, limit);
     *s = State {
@@ -111,7 +113,8 @@ pub fn commit(s: &mut State, now: Micros, cost: u64, limit: &Limit) {
     };
 }
 
-/// When the bucket is full again.
+/// When the bucket is full again. (Not inlined: see [`commit`].)
+#[inline(never)]
 pub fn expires_at(s: &State, limit: &Limit) -> Micros {
     if !s.started {
         return 0;
