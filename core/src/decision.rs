@@ -167,6 +167,22 @@ impl Decision {
         d
     }
 
+    /// The decision on a plan of one cell (the most common plan), as [`Self::combine`] would
+    /// take it: the cell is the reported one whatever it says.
+    #[inline(always)]
+    pub fn single(cell: &Cell, now: Micros, cost: u64, outcome: Outcome) -> Self {
+        let mut d = Self::pending(now, cost);
+        d.push(cell, outcome);
+        d.shadow_denied = cell.shadow && !outcome.allowed;
+        d.allowed = cell.shadow || outcome.allowed;
+        if d.allowed {
+            d.reported = Some(0);
+        } else {
+            d.settle_denied(false);
+        }
+        d
+    }
+
     /// Combine per-cell results (plan order) into a decision.
     #[inline(always)]
     pub fn from_results(dimensions: Dimensions, now: Micros, cost: u64) -> Self {
@@ -207,6 +223,9 @@ impl Decision {
 
     /// Decide from the pushed results: allowed iff every enforced cell admits; pick the reported
     /// cell and, when denied, `retry_at` / `Retry-After` (module docs). No results: unlimited.
+    ///
+    /// One pass over the cells decides an admitted request (the hot path); denials take a second
+    /// pass in [`Self::settle_denied`].
     #[inline(always)]
     pub fn settle(&mut self) {
         self.reason = None;
@@ -220,37 +239,49 @@ impl Decision {
             return;
         }
         let mut enforced_denied = false;
-        let mut any_shadow = false;
-        for d in &self.dimensions {
+        let mut shadow_denied = false;
+        // Fewest remaining (first on ties) among the enforced cells. `remaining <= count <=
+        // u32::MAX`, so the first enforced cell always beats the initial `u64::MAX`.
+        let (mut best, mut best_rem) = (usize::MAX, u64::MAX);
+        for (i, d) in self.dimensions.iter().enumerate() {
             if d.shadow {
-                any_shadow = true;
-                self.shadow_denied |= !d.outcome.allowed;
+                shadow_denied |= !d.outcome.allowed;
             } else {
                 enforced_denied |= !d.outcome.allowed;
-            }
-        }
-        self.allowed = !enforced_denied;
-        // The cells the headers describe: the enforced ones, or every cell if all are shadow.
-        let all_shadow = any_shadow && self.dimensions.iter().all(|d| d.shadow);
-        let described = |d: &DimensionResult| all_shadow || !d.shadow;
-        if self.allowed && !(all_shadow && self.shadow_denied) {
-            let mut best: Option<usize> = None;
-            for (i, r) in self.dimensions.iter().enumerate() {
-                if described(r)
-                    && best
-                        .is_none_or(|b| r.outcome.remaining < self.dimensions[b].outcome.remaining)
-                {
-                    best = Some(i);
+                if d.outcome.remaining < best_rem {
+                    (best, best_rem) = (i, d.outcome.remaining);
                 }
             }
-            self.reported = best;
+        }
+        self.shadow_denied = shadow_denied;
+        self.allowed = !enforced_denied;
+        let all_shadow = best == usize::MAX;
+        if self.allowed && !all_shadow {
+            self.reported = Some(best);
             return;
         }
-        // Denied by an enforced cell, or (every cell shadow) the would-be denial.
+        if self.allowed && !shadow_denied {
+            // Every cell is shadow and none would deny: the fewest remaining among them all.
+            let mut any = 0;
+            for (i, d) in self.dimensions.iter().enumerate() {
+                if d.outcome.remaining < self.dimensions[any].outcome.remaining {
+                    any = i;
+                }
+            }
+            self.reported = Some(any);
+            return;
+        }
+        self.settle_denied(all_shadow);
+    }
+
+    /// [`Self::settle`] for a denial, or (every cell shadow) a would-be denial: the cell that
+    /// can never admit the request, else the one admitting it last, among the described cells.
+    #[inline(never)]
+    fn settle_denied(&mut self, all_shadow: bool) {
         let mut never = None;
         let mut latest: Option<(usize, Micros)> = None;
         for (i, r) in self.dimensions.iter().enumerate() {
-            if r.outcome.allowed || !described(r) {
+            if r.outcome.allowed || (r.shadow && !all_shadow) {
                 continue;
             }
             match r.outcome.retry_at {
@@ -278,12 +309,6 @@ impl Decision {
             self.retry_at = Some(t);
             self.retry_after_secs = Some(ceil_secs(t.saturating_sub(self.now)).max(1));
         }
-    }
-
-    /// Whether the headers describe dimension `d` of this decision: the enforced cells, or every
-    /// cell when all are shadow (module docs).
-    pub fn describes(&self, d: &DimensionResult) -> bool {
-        !d.shadow || self.dimensions.iter().all(|x| x.shadow)
     }
 
     /// The reported cell, if any.

@@ -320,17 +320,15 @@ fn a_cost_that_overflows_the_arithmetic_is_still_denied() {
 #[test]
 fn huge_counts_and_windows_do_not_overflow() {
     for alg in Algorithm::ALL {
-        let w = if alg.needs_product_bound() {
-            86_400
+        // The largest limit each algorithm accepts.
+        let w = 366 * 86_400;
+        let c = if alg == Algorithm::SlidingWindow {
+            ratewall_core::algorithm::SLIDING_LOG_MAX_COUNT
         } else {
-            366 * 86_400
-        };
-        let c = if alg.needs_product_bound() {
-            100_000
-        } else {
-            1_000_000
+            ratewall_core::config::rate::MAX_COUNT
         };
         let l = Limit::new(c, w).unwrap();
+        alg.check_limit(&l).unwrap();
         let mut s = alg.fresh_state();
         let now = 4_000_000_000_000_000; // year 2096
         let o = s.peek(now, 1_000_000, &l);
@@ -377,5 +375,154 @@ fn clock_stepping_backwards_never_panics_or_over_admits() {
             }
         }
         assert!(admitted <= 3, "{alg:?} admitted {admitted}");
+    }
+}
+
+/// Production-size limits: counts up to `u32::MAX`, windows up to 366 days (as accepted by
+/// `Algorithm::check_limit`), near the window edges and with costs up to and past the limit.
+fn extreme_limit(alg: Algorithm) -> impl Strategy<Value = Limit> {
+    let count = prop_oneof![
+        Just(1u64),
+        Just(2),
+        Just(7),
+        Just(999_983),
+        Just(1_000_000),
+        Just(1 << 31),
+        Just(u64::from(u32::MAX) - 1),
+        Just(u64::from(u32::MAX)),
+        1u64..=u64::from(u32::MAX),
+    ];
+    let window = prop_oneof![
+        Just(1u64),
+        Just(59),
+        Just(86_400),
+        Just(7 * 86_400),
+        Just(30 * 86_400),
+        Just(365 * 86_400),
+        Just(366 * 86_400),
+        1u64..=366 * 86_400,
+    ];
+    (count, window).prop_filter_map("accepted by the algorithm", move |(c, w)| {
+        let c = if alg == Algorithm::SlidingWindow {
+            c.min(ratewall_core::algorithm::SLIDING_LOG_MAX_COUNT)
+        } else {
+            c
+        };
+        let l = Limit::new(c, w).ok()?;
+        alg.check_limit(&l).ok().map(|()| l)
+    })
+}
+
+/// (gap, cost) steps scaled to the limit: gaps around the window and its edges, costs from 1 to
+/// past the limit (the sliding log's costs stay small: it stores one entry per unit).
+fn extreme_steps(alg: Algorithm, l: Limit) -> impl Strategy<Value = Vec<(u64, u64)>> {
+    let w = l.window_micros();
+    let c = l.count();
+    let max_cost = if alg == Algorithm::SlidingWindow {
+        c.min(2_000)
+    } else {
+        c
+    };
+    prop::collection::vec(
+        (
+            prop_oneof![
+                Just(0u64),
+                0u64..1_000,
+                0..=w / 3,
+                Just(w - 1),
+                Just(w),
+                Just(w + 1),
+                0..=2 * w,
+            ],
+            prop_oneof![
+                Just(1u64),
+                1..=max_cost,
+                Just(max_cost),
+                Just(c / 2 + 1),
+                Just(c + 1),
+            ],
+        ),
+        1..40,
+    )
+}
+
+fn extreme_case(alg: Algorithm) -> impl Strategy<Value = (Limit, u64, Vec<(u64, u64)>)> {
+    extreme_limit(alg).prop_flat_map(move |l| {
+        // Instants up to 2^52 µs (the year 2112), where doubles are still exact.
+        (Just(l), 0u64..(1 << 52) - T0, extreme_steps(alg, l))
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fixed_window_exact_at_the_extremes((limit, start, steps) in extreme_case(Algorithm::FixedWindow)) {
+        run_against_model(Algorithm::FixedWindow, limit, start, &steps);
+    }
+
+    #[test]
+    fn sliding_window_exact_at_the_extremes((limit, start, steps) in extreme_case(Algorithm::SlidingWindow)) {
+        run_against_model(Algorithm::SlidingWindow, limit, start, &steps);
+    }
+
+    #[test]
+    fn sliding_window_counter_exact_at_the_extremes((limit, start, steps) in extreme_case(Algorithm::SlidingWindowCounter)) {
+        run_against_model(Algorithm::SlidingWindowCounter, limit, start, &steps);
+    }
+
+    #[test]
+    fn token_bucket_exact_at_the_extremes((limit, start, steps) in extreme_case(Algorithm::TokenBucket)) {
+        run_against_model(Algorithm::TokenBucket, limit, start, &steps);
+    }
+
+    #[test]
+    fn gcra_exact_at_the_extremes((limit, start, steps) in extreme_case(Algorithm::Gcra)) {
+        run_against_model(Algorithm::Gcra, limit, start, &steps);
+    }
+}
+
+/// Every value an algorithm returns or stores stays below 2^53 at the extremes (the Lua script's
+/// doubles represent it exactly).
+#[test]
+fn every_value_stays_below_2_pow_53() {
+    use ratewall_core::algorithm::MAX_EXACT;
+    let now = (1u64 << 52) + 12_345;
+    for alg in Algorithm::ALL {
+        for (c, w) in [
+            (u64::from(u32::MAX), 366 * 86_400),
+            (u64::from(u32::MAX), 1),
+            (1, 366 * 86_400),
+            (999_983, 7 * 86_400),
+        ] {
+            let c = if alg == Algorithm::SlidingWindow {
+                c.min(1_000)
+            } else {
+                c
+            };
+            let l = Limit::new(c, w).unwrap();
+            if alg.check_limit(&l).is_err() {
+                continue;
+            }
+            let mut s = alg.fresh_state();
+            let mut t = now;
+            for step in 0..50u64 {
+                t += [0, 1, l.window_micros() / 3, l.window_micros() - 1][(step % 4) as usize];
+                for cost in [1, c / 3 + 1, c, c + 1] {
+                    let o = s.peek(t, cost, &l);
+                    for v in [o.remaining, o.reset_at, o.retry_at.unwrap_or(0)] {
+                        assert!(v < MAX_EXACT, "{alg:?} {l} cost {cost}: {o:?}");
+                    }
+                }
+                if s.peek(t, c / 3 + 1, &l).allowed {
+                    s.commit(t, c / 3 + 1, &l);
+                }
+                let words = s.to_bytes();
+                for w in words.chunks_exact(8) {
+                    let v = u64::from_le_bytes(w.try_into().unwrap());
+                    assert!(v < MAX_EXACT, "{alg:?} {l}: state {s:?}");
+                }
+            }
+        }
     }
 }

@@ -409,7 +409,7 @@ fn several_domains_are_independent() {
         ("b.yaml", "domain: b\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 2}\n"),
     ])
     .unwrap();
-    let c = LimiterConfig::from_yaml_str("{}", &[])
+    let c = LimiterConfig::from_yaml_str_partial("{}", &[])
         .unwrap()
         .0
         .with_domains(set)

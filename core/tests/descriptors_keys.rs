@@ -207,7 +207,7 @@ descriptors:
 
 fn cfg(doc: &str) -> LimiterConfig {
     let set = DomainSet::from_documents(&[("api.yaml", doc)]).unwrap();
-    LimiterConfig::from_yaml_str("{}", &[])
+    LimiterConfig::from_yaml_str_partial("{}", &[])
         .unwrap()
         .0
         .with_domains(set)

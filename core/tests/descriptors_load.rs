@@ -48,7 +48,7 @@ load_error! {
     huge_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 99999999999}\n" =>
         ["descriptors[0].rate_limit.requests_per_unit: 99999999999 per second: count 99999999999 exceeds"];
     negative_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -5}\n" =>
-        ["descriptors[0].rate_limit.requests_per_unit", "invalid type: integer `-5`"];
+        ["descriptors[0].rate_limit.requests_per_unit", "integer `-5`"];
     replaces_self: "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      name: self\n      replaces: [{name: self}]\n      unit: second\n      requests_per_unit: 5\n" =>
         ["descriptors[0].rate_limit.replaces[0].name", "own name \"self\""];
     replaces_empty: "domain: d\ndescriptors:\n  - key: k\n    rate_limit:\n      name: x\n      replaces:\n        - name:\n      unit: second\n      requests_per_unit: 5\n" =>
@@ -67,8 +67,8 @@ load_error! {
     unknown_root_key: "domain: d\ndescriptor: []\n" => ["unknown field `descriptor`"];
     non_map_list: "domain: d\ndescriptors:\n  - a\n  - b\n" => ["descriptors[0]", "invalid type: string \"a\""];
     list_not_map_root: "- domain: d\n" => ["rules.yaml", "invalid type: sequence"];
-    duplicate_yaml_key: "domain: d\ndescriptors:\n  - key: a\n    key: b\n" => ["descriptors[0]", "duplicate field `key`"];
-    duplicate_yaml_key_root: "domain: d\ndomain: e\n" => ["duplicate field `domain`"];
+    duplicate_yaml_key: "domain: d\ndescriptors:\n  - key: a\n    key: b\n" => ["rules.yaml", "duplicate key \"key\" at line 4"];
+    duplicate_yaml_key_root: "domain: d\ndomain: e\n" => ["rules.yaml", "duplicate key \"domain\" at line 2"];
     bad_yaml: "domain: d\ndescriptors:\n  - key: [unclosed\n" => ["rules.yaml"];
     wrong_type_bool: "domain: d\ndescriptors:\n  - key: k\n    shadow_mode: maybe\n" => ["descriptors[0].shadow_mode", "expected a boolean"];
     wrong_type_key: "domain: d\ndescriptors:\n  - key: {a: 1}\n" => ["descriptors[0].key", "expected a string"];
@@ -84,8 +84,8 @@ load_error! {
         ["descriptors[0].rate_limit.rate", "share the window"];
     bad_algorithm: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {rate: 5/s, algorithm: leaky}\n" =>
         ["descriptors[0].rate_limit.algorithm", "\"leaky\" is not valid"];
-    inexact_for_own_algorithm: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: year, requests_per_unit: 1000000, algorithm: token_bucket}\n" =>
-        ["descriptors[0].rate_limit.requests_per_unit", "too fine for token_bucket"];
+    inexact_for_own_algorithm: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 2000000, algorithm: gcra}\n" =>
+        ["descriptors[0].rate_limit.requests_per_unit", "over one per µs", "algorithm gcra"];
     rule_nested_too_deep: &deep(33) => ["descriptors nested deeper than 32 levels"];
     too_many_limits: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {rate: \"1/s;2/2s;3/3s;4/4s;5/5s;6/6s;7/7s;8/8s;9/9s;10/10s;11/11s;12/12s;13/13s;14/14s;15/15s;16/16s;17/17s\"}\n" =>
         ["descriptors[0].rate_limit.rate", "at most 16"];
@@ -223,26 +223,28 @@ fn inline_domains_errors_name_the_list_index() {
 
 #[test]
 fn inline_domain_rules_use_the_config_algorithm() {
-    // token_bucket bounds count × window: a rule without its own algorithm is checked against
-    // the config's, whichever way its domain was loaded.
-    let rule = "  - domain: a\n    descriptors:\n      - key: k\n        rate_limit: {unit: year, requests_per_unit: 1000000}\n";
-    let e = cfg_err(&format!("algorithm: token_bucket\ndomains:\n{rule}"));
+    // gcra bounds count per window (at most one per µs): a rule without its own algorithm is
+    // checked against the config's, whichever way its domain was loaded.
+    let rule = "  - domain: a\n    descriptors:\n      - key: k\n        rate_limit: {unit: second, requests_per_unit: 2000000}\n";
+    let e = cfg_err(&format!("algorithm: gcra\ndomains:\n{rule}"));
     assert!(
         e.contains("domains[0].descriptors[0].rate_limit.requests_per_unit")
-            && e.contains("too fine for token_bucket"),
+            && e.contains("over one per µs")
+            && e.contains("(algorithm gcra)"),
         "{e}"
     );
-    LimiterConfig::from_yaml_str(&format!("algorithm: gcra\ndomains:\n{rule}"), &[]).unwrap();
+    LimiterConfig::from_yaml_str(&format!("algorithm: token_bucket\ndomains:\n{rule}"), &[])
+        .unwrap();
 
-    let file = "domain: f\ndescriptors:\n  - key: k\n    rate_limit: {unit: year, requests_per_unit: 1000000}\n";
+    let file = "domain: f\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 2000000}\n";
     let set = DomainSet::from_documents(&[("f.yaml", file)]).unwrap();
-    let (tb, _) = LimiterConfig::from_yaml_str("algorithm: token_bucket", &[]).unwrap();
-    let e = tb.with_domains(set.clone()).unwrap_err().to_string();
+    let (g, _) = LimiterConfig::from_yaml_str_partial("algorithm: gcra", &[]).unwrap();
+    let e = g.with_domains(set.clone()).unwrap_err().to_string();
     assert!(
-        e.contains("f.yaml: descriptors[0].rate_limit.requests_per_unit: 1000000 per year: 1000000 × 31536000 s is too fine for token_bucket"),
+        e.contains("f.yaml: descriptors[0].rate_limit.requests_per_unit: 2000000 per second: over one per µs"),
         "{e}"
     );
-    let (fw, _) = LimiterConfig::from_yaml_str("{}", &[]).unwrap();
+    let (fw, _) = LimiterConfig::from_yaml_str_partial("{}", &[]).unwrap();
     fw.with_domains(set).unwrap();
 }
 
@@ -259,7 +261,7 @@ fn with_domains_rejects_a_domain_defined_inline_and_in_a_file() {
 
 #[test]
 fn a_config_with_only_domains_has_limits() {
-    let (cfg, _) = LimiterConfig::from_yaml_str("{}", &[]).unwrap();
+    let (cfg, _) = LimiterConfig::from_yaml_str_partial("{}", &[]).unwrap();
     assert!(cfg.policy.is_empty());
     let (cfg, _) = LimiterConfig::from_yaml_str(
         "domains:\n  - domain: a\n    descriptors:\n      - key: k\n        rate_limit: {unit: second, requests_per_unit: 1}\n",

@@ -94,19 +94,19 @@ fn invalid_overrides_are_request_errors() {
             "{err}"
         );
     }
-    // Too fine for the config's token_bucket.
-    let tb = config("algorithm: token_bucket", EDGE);
+    // Too fine for the config's gcra (at most one per µs).
+    let g = config("algorithm: gcra", EDGE);
     let d = [RequestDescriptor {
         entries: &e,
         limit: Some(LimitOverride {
-            requests_per_unit: 1_000_000,
-            unit: Unit::Year,
+            requests_per_unit: 2_000_000,
+            unit: Unit::Second,
         }),
         hits_addend: None,
     }];
-    let err = tb.policy.plan_descriptors("edge", &d, 1).unwrap_err();
+    let err = g.policy.plan_descriptors("edge", &d, 1).unwrap_err();
     assert!(
-        err.to_string().contains("too fine for token_bucket"),
+        err.to_string().contains("over one per µs") && err.to_string().contains("algorithm gcra"),
         "{err}"
     );
 }

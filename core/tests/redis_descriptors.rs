@@ -72,7 +72,7 @@ descriptors:
 
 fn config(prefix: &str) -> LimiterConfig {
     let set = DomainSet::from_documents(&[("shop.yaml", RULES)]).unwrap();
-    LimiterConfig::from_json_str(&format!(r#"{{"redis_key_prefix": "{prefix}"}}"#), &[])
+    LimiterConfig::from_json_value_partial(serde_json::json!({ "redis_key_prefix": prefix }), &[])
         .unwrap()
         .0
         .with_domains(set)

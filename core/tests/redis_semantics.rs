@@ -323,7 +323,7 @@ async fn bad_settings_are_reported_at_connect() {
 #[test]
 fn cluster_settings_are_validated_with_the_key_and_value() {
     let ok = cfg(
-        r#"{"backend": "redis", "redis_cluster": true, "redis_url": "redis://127.0.0.1:7000, redis://127.0.0.1:7001"}"#,
+        r#"{"by_user": "1/s", "backend": "redis", "redis_cluster": true, "redis_url": "redis://127.0.0.1:7000, redis://127.0.0.1:7001"}"#,
     );
     let r = ok.redis.unwrap();
     assert!(r.cluster);

@@ -311,11 +311,12 @@ fn batch_check(states: &mut HashMap<String, CellState>, plan: &Plan, now: u64) -
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn apply_batch_agrees_with_the_memory_store(
         alg in 0usize..5,
+        one_cell in any::<bool>(),
         steps in proptest::collection::vec(
             (0u64..3_000_000, 0usize..2, proptest::collection::vec((0u64..4, any::<bool>()), 3)),
             1..80,
@@ -339,6 +340,10 @@ proptest! {
                 tool: Some("echo"),
                 ..Default::default()
             }).unwrap();
+            if one_cell {
+                // The memory store's single-cell path (`Decision::single`).
+                p.cells.truncate(1);
+            }
             for (c, (cost, shadow)) in p.cells.iter_mut().zip(cells) {
                 c.cost = cost;
                 c.shadow = shadow;

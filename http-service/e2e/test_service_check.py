@@ -265,6 +265,13 @@ def test_check_config_cli(tmp):
         ("request_timeout_ms: -5\n", "request_timeout_ms"),
         ("backend: redis\n", "redis_url"),
         (": : :\n", "YAML"),
+        # every check start-up runs: the Redis TLS files are read and validated too
+        ("by_user: 1/s\nbackend: redis\nredis_url: rediss://h:1\nredis_ssl_ca_certs: /nonexistent/ca.pem\n",
+         "redis_ssl_ca_certs"),
+        # a file that configures no limit, or names a key twice
+        ("backend: memory\n", "no limit is configured"),
+        ("", "the configuration is empty"),
+        ("by_user: 1/s\nby_user: 2/s\n", 'duplicate key "by_user" at line 2'),
     ]:
         bad.write_text(text)
         r = subprocess.run([BIN, "--check-config", "--config", bad], capture_output=True, text=True, timeout=20)
@@ -274,7 +281,7 @@ def test_check_config_cli(tmp):
                        timeout=20)
     assert r.returncode != 0 and "cannot read" in r.stderr
     # env overrides: RATEWALL_REDIS_URL replaces redis_url, RATEWALL_LISTEN the listen address
-    good.write_text("backend: redis\nredis_url: redis://file:1\n")
+    good.write_text("by_user: 1/s\nbackend: redis\nredis_url: redis://file:1\n")
     r = subprocess.run([BIN, "--check-config", "--config", good], capture_output=True, text=True, timeout=20,
                        env={"RATEWALL_REDIS_URL": "redis://env:2", "RATEWALL_LISTEN": "127.0.0.1:7777"})
     assert r.returncode == 0, r.stderr

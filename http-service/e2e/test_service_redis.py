@@ -12,8 +12,10 @@ from service_harness import wait_until
 
 
 def redis_cfg(redis, extra=""):
+    # duplicate keys are configuration errors: the default timeout only when `extra` sets none
+    timeout = "" if "redis_timeout_ms:" in extra else "redis_timeout_ms: 500\n"
     return (f"backend: redis\nredis_url: {redis.url}\nalgorithm: sliding_window\n"
-            f"redis_timeout_ms: 500\n{extra}")
+            f"{timeout}{extra}")
 
 
 def test_redis_backend_endpoints(servers, redis_server):

@@ -4,6 +4,7 @@ import signal
 import threading
 import time
 
+import pytest
 import requests
 
 from service_harness import wait_until
@@ -48,6 +49,35 @@ def test_bad_file_keeps_running_config(servers):
     wait_until(lambda: generation(s) == 2, timeout=5, what="reload of the fixed file")
     assert s.check({"user": "b"}).status_code == 429  # still exhausted
     assert s.check({"user": "c", "tenant": "t"}).json()["dimensions"][1]["limit"] == 9
+
+
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        ("", "the configuration is empty"),
+        ("   \n# all limits removed\n", "the configuration is empty"),
+        ("algorithm: sliding_window\n", "no limit is configured"),  # truncated before the limits
+        ('algorithm: sliding_window\nby_user: "2/m"\nby_user: "90/m"\n', 'duplicate key "by_user" at line 3'),
+        ('by_user: "2/m"\nby_tool:\n  echo: "1/s"\n  echo: "9/s"\n', 'duplicate key "echo" at line 4'),
+        ("by_user: " + "[" * 100_000, "nesting deeper than 72 levels"),
+    ],
+    ids=["empty", "comment-only", "truncated", "duplicate-top", "duplicate-nested", "deep"],
+)
+def test_reload_to_an_empty_truncated_or_duplicate_key_file_keeps_the_limits(servers, bad, why):
+    """An empty, truncated or duplicate-key file never lifts the running limits: the reload is
+    rejected, counted, and logged at ERROR with the reason; the counters keep counting."""
+    s = servers('algorithm: sliding_window\nby_user: "2/m"\n')
+    for _ in range(2):
+        assert s.check({"user": "v"}).status_code == 200
+    s.config_path.write_text(bad)
+    wait_until(lambda: s.metric('ratewall_config_reloads_total{result="rejected"}') >= 1, timeout=5,
+               what="rejected reload")
+    lines = [line for line in s.stderr().splitlines() if "configuration rejected" in line]
+    assert lines and all("ERROR" in line for line in lines), lines
+    assert why in lines[0], lines[0]
+    assert generation(s) == 1
+    assert s.check({"user": "v"}).status_code == 429  # still limited
+    assert s.metric('ratewall_config_reloads_total{result="rejected"}') >= 1
 
 
 def test_sighup_reload(servers):

@@ -94,6 +94,14 @@ fn main() -> ExitCode {
             },
         },
     };
+    // Every check start-up runs before serving: the Redis TLS files too (the store reads them).
+    #[cfg(feature = "redis")]
+    if let Some(r) = &loaded.limiter.redis {
+        if let Err(e) = ratewall_core::store::redis::check_tls_files(r) {
+            eprintln!("ratewall-server: configuration error ({origin}): {e}");
+            return ExitCode::from(2);
+        }
+    }
     println!("# ratewall-server effective configuration ({origin}); listening on {listen}");
     println!("# gRPC (RLS v3, ext_authz v3): {grpc}");
     print!("{}", loaded.effective_yaml());

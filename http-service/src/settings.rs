@@ -380,8 +380,8 @@ pub struct Loaded {
 impl Loaded {
     /// Validate YAML text. `redis_url` (from `RATEWALL_REDIS_URL`) replaces the file's `redis_url`.
     pub fn from_yaml(text: &str, redis_url: Option<&str>) -> Result<Self, ConfigError> {
-        let mut value: serde_json::Value = serde_yaml::from_str(text)
-            .map_err(|e| cfg_err("<root>", format!("not valid YAML: {e}")))?;
+        // Strict: bounded size and depth, duplicate keys (at any depth) refused.
+        let mut value = ratewall_core::config::document::yaml(text)?;
         if value.is_null() {
             value = serde_json::Value::Object(Default::default());
         }
@@ -391,8 +391,15 @@ impl Loaded {
                 serde_json::Value::String(url.to_string()),
             );
         }
-        let (limiter, extra) = LimiterConfig::from_json_value(value, SERVICE_KEYS)?;
+        let empty = value.as_object().is_some_and(|m| m.is_empty());
+        let (limiter, extra) = LimiterConfig::from_json_value_partial(value, SERVICE_KEYS)?;
         let service = ServiceSettings::from_extra(extra)?;
+        // Last, once every key is known valid: a file that enables no limit is an error. With
+        // `descriptor_config` the rules come from other files: `ConfigSource::load` checks once
+        // they are added.
+        if service.descriptor_config.is_none() {
+            limiter.require_limits(empty)?;
+        }
         Ok(Self { limiter, service })
     }
 
@@ -404,7 +411,7 @@ impl Loaded {
         {
             core.extend(svc);
         }
-        serde_yaml::to_string(&v).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+        ratewall_core::config::document::to_yaml(&v)
     }
 }
 
@@ -422,12 +429,26 @@ mod tests {
     #[test]
     fn service_keys_are_validated_and_named() {
         let e = Loaded::from_yaml("authz: {user_hedaer: x}", None).expect_err("typo");
+        let e2 = Loaded::from_yaml("listen: 127.0.0.1:1", None).expect_err("no limit");
+        assert!(e2.message.contains("no limit is configured"), "{e2}");
+        let e3 = Loaded::from_yaml(
+            "by_user: 1/s\nauthz: {user_header: a, user_header: b}",
+            None,
+        )
+        .expect_err("duplicate");
+        assert!(
+            e3.message
+                .contains("duplicate key \"user_header\" at line 2"),
+            "{e3}"
+        );
         assert!(e.message.contains("user_hedaer"), "{e}");
         let e = Loaded::from_yaml("authz: {user_header: 'bad header'}", None).expect_err("bad");
         assert_eq!(e.path, "authz.user_header");
         let e = Loaded::from_yaml("listen: nowhere", None).expect_err("listen");
         assert_eq!(e.path, "listen");
         let e = Loaded::from_yaml("request_timeout_ms: 0", None).expect_err("timeout");
+        assert_eq!(e.path, "request_timeout_ms");
+        let e = Loaded::from_yaml("by_user: 1/s\nrequest_timeout_ms: 0", None).expect_err("t");
         assert_eq!(e.path, "request_timeout_ms");
         let e = Loaded::from_yaml("lisen: 1", None).expect_err("unknown");
         assert!(e.message.contains("did you mean \"listen\""), "{e}");
@@ -436,7 +457,7 @@ mod tests {
     #[test]
     fn authz_mapping() {
         let l = Loaded::from_yaml(
-            "authz: {user_header: X-Api-User, tenant_header: null, descriptors: {path: ':path', key: X-Api-Key}}",
+            "by_user: 1/s\nauthz: {user_header: X-Api-User, tenant_header: null, descriptors: {path: ':path', key: X-Api-Key}}",
             None,
         )
         .expect("valid");
@@ -450,7 +471,7 @@ mod tests {
     #[test]
     fn redis_url_override() {
         let l = Loaded::from_yaml(
-            "backend: redis\nredis_url: redis://a:1",
+            "by_user: 1/s\nbackend: redis\nredis_url: redis://a:1",
             Some("redis://b:2"),
         )
         .expect("valid");

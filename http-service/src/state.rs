@@ -126,6 +126,11 @@ impl ConfigSource {
                 .limiter
                 .with_domains(set)
                 .map_err(|e| e.to_string())?;
+            // the file's own limits and the descriptor files' rules together must limit something
+            loaded
+                .limiter
+                .require_limits(false)
+                .map_err(|e| e.to_string())?;
         }
         Ok(loaded)
     }

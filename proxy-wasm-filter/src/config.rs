@@ -133,8 +133,14 @@ impl FilterConfig {
         // would link a second copy of serde_json's parser, for `&str` input); same message.
         let value: Value = serde_json::from_slice(text.as_bytes())
             .map_err(|e| cerr("<root>", format!("not valid JSON: {e}")))?;
-        let (limiter, extra) = LimiterConfig::from_json_value(value, EXTRA_KEYS)?;
-        Self::build(limiter, extra)
+        let (limiter, extra) = LimiterConfig::from_json_value_partial(value, EXTRA_KEYS)?;
+        let cfg = Self::build(limiter, extra)?;
+        // Local mode with no limit is an error unless `allow_empty: true` (remote mode's limits
+        // are the service's).
+        if matches!(cfg.mode, Mode::Local(_)) {
+            cfg.limiter.check_not_empty()?;
+        }
+        Ok(cfg)
     }
 
     fn build(limiter: LimiterConfig, extra: Map<String, Value>) -> Result<Self, ConfigError> {
@@ -487,8 +493,19 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_local_config_is_an_error_unless_allowed() {
+        for text in ["", "{}", r#"{"headers": "both"}"#] {
+            let e = load_err(text);
+            assert!(e.message.contains("allow_empty: true"), "{text}: {e}");
+        }
+        assert!(load(r#"{"allow_empty": true}"#).unwrap().limits_nothing());
+        // Remote mode: the limits are the service's.
+        load(r#"{"mode": "remote", "remote_cluster": "ratewall"}"#).unwrap();
+    }
+
+    #[test]
     fn defaults() {
-        let c = load("").unwrap();
+        let c = load(r#"{"allow_empty": true}"#).unwrap();
         assert_eq!(
             c.mode,
             Mode::Local(LocalSettings {

@@ -37,7 +37,7 @@ def test_peer_config_is_accepted_with_same_meaning():
 
 
 def test_defaults_match_the_peer():
-    c = json.loads(compile_config("{}"))
+    c = json.loads(compile_config('{"allow_empty": true}'))
     assert (c["algorithm"], c["backend"], c["fail_mode"], c["prefix"]) == (
         "fixed_window", "memory", "open", "rl")
     assert c["by_user"] == [] and c["by_tool"] == {}
@@ -46,7 +46,9 @@ def test_defaults_match_the_peer():
 @pytest.mark.parametrize(
     "config, needles",
     [
-        ({"by_user": "1/w"}, ["by_user", "1/w"]),
+        ({"by_user": "1/fortnight"}, ["by_user", "1/fortnight"]),
+        ({}, ["the configuration is empty", "allow_empty"]),
+        ({"fail_mode": "open"}, ["no limit is configured", "allow_empty"]),
         ({"by_user": 5}, ["by_user", "5"]),
         ({"by_tool": {"echo": "0/s"}}, ['by_tool["echo"]', "0"]),
         ({"algorithm": "leaky"}, ["algorithm", "leaky"]),
@@ -55,7 +57,7 @@ def test_defaults_match_the_peer():
         ({"backend": "redis"}, ["redis_url"]),
         ({"by_usr": "1/s"}, ["by_usr", "by_user"]),
         ({"by_tool": {"Echo": "1/s", "echo ": "2/s"}}, ["by_tool", "Echo", "echo "]),
-        ({"engine": "go"}, ["engine", "go"]),
+        ({"engine": "go", "by_user": "1/s"}, ["engine", "go"]),
         ({"limits": [{"name": "k", "descriptors": ["a"], "rate": "1/s"}]}, ["limits"]),
     ],
 )
@@ -87,9 +89,13 @@ def test_redis_fallback_is_accepted_and_warned(caplog):
 
 
 def test_empty_and_none_config():
-    for cfg in (None, {}):
-        p = make_plugin(cfg) if cfg is not None else make_plugin({})
-        assert p.backend == "memory"
+    """A plugin config that enables no limit is refused (it must never mean "no limits"
+    silently), unless it says so with allow_empty: true."""
+    for cfg in (None, {}, {"fail_mode": "closed"}):
+        with pytest.raises(ValueError, match="allow_empty"):
+            load_config(cfg)
+    p = make_plugin({"allow_empty": True})
+    assert p.backend == "memory"
 
 
 def test_manifest_and_entry_point():

@@ -176,3 +176,24 @@ async def test_python_stores_agree_on_per_cell_cost_and_shadow(redis_server, alg
     finally:
         await py.aclose()
     assert shadow_denied > 5 and checks_only > 20, (shadow_denied, checks_only)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_memory_parity_at_production_sizes(algorithm):
+    """Counts up to u32::MAX and windows up to a year: the Python engine's big integers and the
+    core's exact 64/128-bit arithmetic give the same remaining, reset and retry values."""
+    clock = ManualClock(T0)
+    log = algorithm == "sliding_window"  # its log is bounded: at most 1,000,000 per window
+    cfg = {"algorithm": algorithm, "headers": "both",
+           "by_user": "3/s;" + ("1000000/y" if log else "4294967295/y"),
+           "by_tenant": "999983/366d" if log else "999999937/366d",
+           "by_tool": {"search": "2/5w", "echo": "7/mo"}}
+    rust, py = engines(cfg, clock)
+    denied = 0
+    for i, (dt, user, tenant, tool) in enumerate(sequence(900 + ALGORITHMS.index(algorithm), 300)):
+        clock.advance_micros(dt * 997)
+        a = rust.check(user, tenant, None, tool, True)
+        b = py.check(user, tenant, None, tool, True)
+        assert a == b, f"step {i}: rust {a} != python {b}"
+        denied += a[0] == 2
+    assert denied > 10

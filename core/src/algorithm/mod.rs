@@ -9,8 +9,11 @@
 //!   dimension's `peek` admitted the request).
 //!
 //! Time is in microseconds ([`Micros`]). All arithmetic is on unsigned integers, saturating where a
-//! clock could step backwards, and every intermediate value stays below 2^53 for the limits that
-//! [`crate::config`] accepts, so the Redis Lua script (IEEE doubles) computes bit-identical results.
+//! clock could step backwards. Counts go up to `u32::MAX` and windows up to 366 days, so a few
+//! products (`count × µs`) reach 2^77: they go through [`exact::mul_div`] (exact in `u64`/`u128`
+//! here, by long division in the Lua script), and every value stored or returned stays below 2^53,
+//! so the Redis Lua script (IEEE doubles) computes bit-identical results for every limit that
+//! [`crate::config`] accepts ([`Algorithm::check_limit`] names the two exceptions).
 //!
 //! **Cost 0** checks a cell without consuming (RLS `hits_addend: 0`): every `peek` is defined for
 //! it and describes the current state. It is admitted whenever the state is within its limit
@@ -23,6 +26,7 @@
 //! `retry_at` (denied requests only) is the earliest instant at which the same request would be
 //! admitted if nothing else happened; `None` when it never can (`cost > limit`).
 
+pub mod exact;
 pub mod fixed_window;
 pub mod gcra;
 pub mod sliding_window;
@@ -87,13 +91,26 @@ impl Algorithm {
         Self::ALL.into_iter().find(|a| a.name() == s)
     }
 
-    /// Whether this algorithm multiplies `count × window` in its arithmetic (then that product must
-    /// stay below 2^53 µs for exact Lua parity).
-    pub fn needs_product_bound(self) -> bool {
-        matches!(
-            self,
-            Algorithm::TokenBucket | Algorithm::SlidingWindowCounter
-        )
+    /// Whether `limit` can be enforced exactly by this algorithm, or why not (for a load-time
+    /// error: the caller names the field, the value and the algorithm). Every algorithm is exact
+    /// for every count up to [`crate::config::rate::MAX_COUNT`] and window up to a year and a day
+    /// (see each module's "Exactness"), except:
+    ///
+    /// * `gcra`: the emission interval `T = ceil(W / L)` is a whole number of µs, so `L` may not
+    ///   exceed `W` in µs (one unit per µs); above that the sustained rate would be 1/µs, not
+    ///   `L / W`.
+    /// * `sliding_window`: the log keeps one 8-byte instant per admitted unit still in the window,
+    ///   so `L` is bounded by [`SLIDING_LOG_MAX_COUNT`] (8 MB per key at most in memory).
+    pub fn check_limit(self, limit: &Limit) -> Result<(), &'static str> {
+        match self {
+            Algorithm::Gcra if limit.count() > limit.window_micros() => {
+                Err("over one per µs, finer than its clock; use a longer window or token_bucket")
+            }
+            Algorithm::SlidingWindow if limit.count() > SLIDING_LOG_MAX_COUNT => {
+                Err("over its 1000000 (one log entry per unit); use sliding_window_counter")
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Fresh (empty) state for this algorithm.
@@ -108,8 +125,13 @@ impl Algorithm {
     }
 }
 
-/// Largest `count × window_µs` product the algorithms accept (2^53: exact in an IEEE double).
+/// Integers up to this bound (2^53) are exact in an IEEE double, the Lua script's numbers: every
+/// value an algorithm stores or returns stays below it (instants included, until the year 2255).
 pub const MAX_EXACT: u64 = 1 << 53;
+
+/// Largest count of a `sliding_window` limit: its log holds one 8-byte instant per admitted unit
+/// still in the window (8 MB per key at this bound in memory; about 9 MB in a Redis list).
+pub const SLIDING_LOG_MAX_COUNT: u64 = 1_000_000;
 
 /// What one dimension says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,7 +234,7 @@ impl CellState {
 
     /// Inverse of [`CellState::to_bytes`]; `None` for bytes it did not produce.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() % 8 != 0 || bytes.is_empty() {
+        if !bytes.len().is_multiple_of(8) || bytes.is_empty() {
             return None;
         }
         let words: Vec<u64> = bytes

@@ -17,12 +17,27 @@
 //!   `e'' = W - floor((L - c) W / k)`, `retry_at = (i + 1) W + e''`.
 //!
 //! `reset_at` is when the estimate returns to 0: `(i + 2) W` if the current window has usage,
-//! `(i + 1) W` if only the previous one has. Products are bounded by `L W <= 2^53` (checked by the
-//! configuration), so they are exact in `u64` and in Lua's doubles.
+//! `(i + 1) W` if only the previous one has.
+//!
+//! Exactness: `p (W - e)` and `L W` reach 2^77 (counts up to `u32::MAX`, windows up to 366
+//! days), so the comparison is made on small integers instead. With `x = W - e` and the previous
+//! window's weight rounded up, `wp = ceil(p x / W) <= p`, the right-hand side being a multiple of
+//! `W` gives, for `k + c <= L`,
+//!
+//! ```text
+//! p x + (k + c) W <= L W   <=>   wp <= L - k - c
+//! remaining = L - k' - wp   (admitted),   (L - k - wp)^+   (denied)
+//! ```
+//!
+//! and the retry offsets `floor(M W / p)` are only computed when `M < p`, where they are below
+//! `W` (for `M >= p` the offset is the whole window). The products go through
+//! [`super::exact::mul_div`]; every stored or returned value stays below 2^53, and the Lua
+//! script makes the same long divisions in doubles, so both agree for every accepted limit.
 
 use crate::clock::Micros;
 use crate::config::rate::Limit;
 
+use super::exact::{mul_div, mul_div_ceil};
 use super::Outcome;
 
 /// Sliding-window-counter state.
@@ -60,33 +75,42 @@ fn reset_at(i: u64, p: u64, k: u64, w: u64, now: Micros) -> Micros {
     }
 }
 
+/// `W - min(floor(m W / d), W)`: the µs into a window at which a weight of `d` units shrinks to
+/// `m` (`d >= 1`).
+fn offset(m: u64, d: u64, w: u64) -> u64 {
+    if m >= d {
+        0
+    } else {
+        w - mul_div(m, w, 0, d).0
+    }
+}
+
 /// See the module doc.
 pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     let w = limit.window_micros();
     let l = limit.count();
     let (i, p, k, e) = view(s, now, w);
-    let weighted_prev = p * (w - e);
-    let budget = l * w;
-    // Saturating: a cost above the limit may overflow `(k + c) W`; it never fits either way.
-    if weighted_prev.saturating_add((k + cost).saturating_mul(w)) <= budget {
+    // The previous window's weight, rounded up: ceil(p (W - e) / W) <= p.
+    let wp = mul_div_ceil(p, w - e, w);
+    // Saturating: a cost above the limit may overflow `k + c`; it never fits either way.
+    let used = k.saturating_add(cost);
+    if used <= l && wp <= l - used {
         Outcome {
             allowed: true,
-            remaining: (budget - weighted_prev - (k + cost) * w) / w,
-            reset_at: reset_at(i, p, k + cost, w, now),
+            remaining: l - used - wp,
+            reset_at: reset_at(i, p, used, w, now),
             retry_at: None,
         }
     } else {
-        let remaining = budget.saturating_sub(weighted_prev + k * w) / w;
+        let remaining = l.saturating_sub(k).saturating_sub(wp);
         let retry_at = if cost > l {
             None
-        } else if k + cost <= l {
+        } else if used <= l {
             // p > 0 here, otherwise the request would have fitted.
-            let e1 = w - ((l - k - cost) * w / p).min(w);
-            Some(i * w + e1)
+            Some(i * w + offset(l - used, p, w))
         } else {
             // k > 0 here since k + cost > l >= cost.
-            let e2 = w - ((l - cost) * w / k).min(w);
-            Some((i + 1) * w + e2)
+            Some((i + 1) * w + offset(l - cost, k, w))
         };
         Outcome {
             allowed: false,

@@ -13,11 +13,25 @@
 //!
 //! Denied with `c <= L`: `need = c - tokens` tokens arrive after `ceil((need W - rem) / L)` µs.
 //! `reset_at` = when the bucket is full again. A fresh bucket is full. `d` is capped at `W` (a
-//! bucket empty `W` ago is full), so `d L <= L W <= 2^53`.
+//! bucket empty `W` ago is full).
+//!
+//! Exactness: `d L + rem` and `need W` reach `L W < 2^77` (counts up to `u32::MAX`, windows up
+//! to 366 days), so both go through [`super::exact::mul_div`], whose quotients are small again
+//! (`acc / W <= L + 1`, `need W / L <= W`). With `need W = Q L + R`:
+//!
+//! ```text
+//! ceil((need W - rem)^+ / L) = Q + [R > rem]            if R >= rem
+//!                            = (Q - floor((rem - R) / L))^+   otherwise
+//! ```
+//!
+//! Every value the algorithm stores or returns stays below 2^53 (`tokens <= L`, `rem < W`,
+//! instants below 2^53 µs), so the Lua script, which does the same long division in doubles,
+//! computes identical results for every limit the configuration accepts.
 
 use crate::clock::Micros;
 use crate::config::rate::Limit;
 
+use super::exact::mul_div;
 use super::Outcome;
 
 /// Token-bucket state.
@@ -41,19 +55,26 @@ fn refill(s: &State, now: Micros, limit: &Limit) -> (u64, u64) {
         return (l, 0);
     }
     let d = now.saturating_sub(s.last).min(w);
-    let acc = d * l + s.rem;
-    let tokens = s.tokens + acc / w;
+    // (d L + rem) / W and its remainder.
+    let (earned, rem) = mul_div(d, l, s.rem, w);
+    let tokens = s.tokens.saturating_add(earned);
     if tokens >= l {
         (l, 0)
     } else {
-        (tokens, acc % w)
+        (tokens, rem)
     }
 }
 
-/// µs until `need` more tokens have accrued, given the carried `rem`.
+/// µs until `need` more tokens have accrued, given the carried `rem`:
+/// `ceil((need W - rem)^+ / L)` (module doc).
 fn time_for(need: u64, rem: u64, limit: &Limit) -> u64 {
-    let w = limit.window_micros();
-    (need * w).saturating_sub(rem).div_ceil(limit.count())
+    let l = limit.count();
+    let (q, r) = mul_div(need, limit.window_micros(), 0, l);
+    if r >= rem {
+        q + u64::from(r > rem)
+    } else {
+        q.saturating_sub((rem - r) / l)
+    }
 }
 
 /// See the module doc.
@@ -79,7 +100,9 @@ pub fn peek(s: &State, now: Micros, cost: u64, limit: &Limit) -> Outcome {
     }
 }
 
-/// See the module doc.
+/// See the module doc. (Not inlined into `CellState::commit`: its wide arithmetic would cost the
+/// other algorithms' arms there a heavier prologue.)
+#[inline(never)]
 pub fn commit(s: &mut State, now: Micros, cost: u64, limit: &Limit) {
     let (tokens, rem) = refill(s, now, limit);
     *s = State {
@@ -90,7 +113,8 @@ pub fn commit(s: &mut State, now: Micros, cost: u64, limit: &Limit) {
     };
 }
 
-/// When the bucket is full again.
+/// When the bucket is full again. (Not inlined: see [`commit`].)
+#[inline(never)]
 pub fn expires_at(s: &State, limit: &Limit) -> Micros {
     if !s.started {
         return 0;

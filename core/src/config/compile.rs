@@ -12,7 +12,7 @@ use serde_json::json;
 use super::rate::{parse_rate, Limit, Rate, MAX_COUNT};
 use super::schema::{split_and_parse, RawConfig};
 use super::{normalize_name, ConfigError};
-use crate::algorithm::{Algorithm, MAX_EXACT};
+use crate::algorithm::Algorithm;
 use crate::key::{cell_key, DimKey};
 
 /// Where counters live.
@@ -379,33 +379,23 @@ fn not_one_of(key: &str, v: &str, names: &mut dyn Iterator<Item = &str>) -> Conf
     err(key, format!("{v:?} is not valid; expected one of {list}"))
 }
 
-pub(crate) fn rate_at(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
+/// Parse a rate string for `algorithm`: every limit must be one the algorithm enforces exactly
+/// ([`Algorithm::check_limit`]); errors name the path, the text and the algorithm.
+pub fn rate_for(path: &str, text: &str, algorithm: Algorithm) -> Result<Rate, ConfigError> {
     let rate = parse_rate(text).map_err(|e| err(path, format!("{text:?}: {e}")))?;
-    if algorithm.needs_product_bound() {
-        for l in rate.limits() {
-            if !exact_for(l, algorithm) {
-                return Err(err(
-                    path,
-                    format!(
-                        "{text:?}: {} × {} s is too fine for {} (count × window in µs must not exceed 2^53); use a shorter window or a smaller count",
-                        l.count(),
-                        l.window_secs(),
-                        algorithm.name()
-                    ),
-                ));
-            }
-        }
+    for l in rate.limits() {
+        algorithm.check_limit(l).map_err(|e| {
+            err(
+                path,
+                format!("{text:?}: {e} (algorithm {})", algorithm.name()),
+            )
+        })?;
     }
     Ok(rate)
 }
 
 /// Whether `algorithm` computes `limit` exactly (in Rust and in the Redis script alike): the
 /// algorithms that multiply count and window need `count × window_µs <= 2^53`.
-pub(crate) fn exact_for(limit: &Limit, algorithm: Algorithm) -> bool {
-    !algorithm.needs_product_bound()
-        || u128::from(limit.count()) * u128::from(limit.window_micros()) <= u128::from(MAX_EXACT)
-}
-
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -415,8 +405,22 @@ fn valid_name(s: &str) -> bool {
 
 impl LimiterConfig {
     /// Validate a configuration given as JSON. `extra_keys` are the packaging's own settings,
-    /// returned untouched in the second element.
+    /// returned untouched in the second element. A configuration that enables no limit is an
+    /// error unless it sets `allow_empty: true` ([`Self::check_not_empty`]).
     pub fn from_json_value(
+        value: serde_json::Value,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let empty_document = value.is_null() || value.as_object().is_some_and(|m| m.is_empty());
+        let (cfg, extra) = Self::from_json_value_partial(value, extra_keys)?;
+        cfg.require_limits(empty_document)?;
+        Ok((cfg, extra))
+    }
+
+    /// [`Self::from_json_value`] without the emptiness check, for packagings whose limits may
+    /// come from elsewhere (the Envoy filter in remote mode; limits merged in afterwards): they
+    /// call [`Self::check_not_empty`] once the configuration is complete.
+    pub fn from_json_value_partial(
         value: serde_json::Value,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
@@ -424,30 +428,70 @@ impl LimiterConfig {
         Ok((Self::compile(raw)?, extra))
     }
 
-    /// [`LimiterConfig::from_json_value`] from JSON text.
+    /// A configuration that enables no limit at all is an error unless it says so explicitly
+    /// (`allow_empty: true`): an empty or truncated file must never mean "no limits" silently.
+    pub fn check_not_empty(&self) -> Result<(), ConfigError> {
+        self.require_limits(self.raw == RawConfig::default())
+    }
+
+    /// [`Self::check_not_empty`], told whether the whole document was empty (`{}`, `null`, an
+    /// empty file) so the error says which problem it is.
+    pub fn require_limits(&self, empty_document: bool) -> Result<(), ConfigError> {
+        if !self.policy.is_empty() || self.raw.allow_empty == Some(true) {
+            return Ok(());
+        }
+        let what = if empty_document {
+            "the configuration is empty (an empty or truncated file, {} or null)"
+        } else {
+            "no limit is configured"
+        };
+        Err(err(
+            "<root>",
+            format!("{what}: set one (e.g. by_user: \"100/m\"), or allow_empty: true to run without limits"),
+        ))
+    }
+
+    /// [`LimiterConfig::from_json_value`] from JSON text (strict: bounded size and depth,
+    /// duplicate keys refused, see [`super::document`]).
     pub fn from_json_str(
         text: &str,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
-        let value: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| err("<root>", format!("not valid JSON: {e}")))?;
-        Self::from_json_value(value, extra_keys)
+        Self::from_json_value(super::document::json(text.as_bytes())?, extra_keys)
     }
 
-    /// [`LimiterConfig::from_json_value`] from YAML text.
+    /// [`LimiterConfig::from_json_value`] from YAML text (strict: bounded size and depth,
+    /// duplicate keys refused, see [`super::document`]). An empty document is `{}` (and so an
+    /// error unless it is allowed: it configures no limit).
     #[cfg(feature = "yaml")]
     pub fn from_yaml_str(
         text: &str,
         extra_keys: &[&str],
     ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
-        let value: serde_json::Value = serde_yaml::from_str(text)
-            .map_err(|e| err("<root>", format!("not valid YAML: {e}")))?;
+        let value = super::document::yaml(text)?;
         let value = if value.is_null() {
             serde_json::Value::Object(Default::default())
         } else {
             value
         };
         Self::from_json_value(value, extra_keys)
+    }
+
+    /// [`LimiterConfig::from_yaml_str`] without the "no limit configured" check, for packagings
+    /// that add limits afterwards (e.g. [`LimiterConfig::with_domains`]); they call
+    /// [`LimiterConfig::check_not_empty`] once every limit is in.
+    #[cfg(feature = "yaml")]
+    pub fn from_yaml_str_partial(
+        text: &str,
+        extra_keys: &[&str],
+    ) -> Result<(Self, serde_json::Map<String, serde_json::Value>), ConfigError> {
+        let value = super::document::yaml(text)?;
+        let value = if value.is_null() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            value
+        };
+        Self::from_json_value_partial(value, extra_keys)
     }
 
     /// Validate a parsed file.
@@ -511,7 +555,7 @@ impl LimiterConfig {
 
         let dim = |key: &str, v: &Option<String>| -> Result<Option<DimRate>, ConfigError> {
             v.as_ref()
-                .map(|text| rate_at(key, text, algorithm).map(|r| DimRate::new(key, &r)))
+                .map(|text| rate_for(key, text, algorithm).map(|r| DimRate::new(key, &r)))
                 .transpose()
         };
         let by_user = dim("by_user", &raw.by_user)?;
@@ -525,7 +569,7 @@ impl LimiterConfig {
             if norm.is_empty() {
                 return Err(err(&path, "tool name is blank"));
             }
-            let rate = rate_at(&path, text, algorithm)?;
+            let rate = rate_for(&path, text, algorithm)?;
             let at = match by_tool.binary_search_by(|(t, _)| t.as_str().cmp(&norm)) {
                 Err(at) => at,
                 Ok(_) => {
@@ -587,7 +631,7 @@ impl LimiterConfig {
                     ));
                 }
             }
-            let rate = rate_at(&format!("{path}.rate"), &l.rate, algorithm)?;
+            let rate = rate_for(&format!("{path}.rate"), &l.rate, algorithm)?;
             limits.push(DescriptorLimit {
                 descriptors: l.descriptors.clone(),
                 rate: DimRate::new(&l.name, &rate),
@@ -742,6 +786,7 @@ impl LimiterConfig {
             "memory_max_keys": self.memory_max_keys,
             "shadow_mode": self.policy.shadow_mode,
             "domains": self.effective_domains(),
+            "allow_empty": r.allow_empty.unwrap_or(false),
         })
     }
 

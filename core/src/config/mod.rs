@@ -1,5 +1,7 @@
 //! Configuration: one schema for every packaging.
 //!
+//! * [`document`] reads YAML and JSON text strictly (bounded size and depth, duplicate keys
+//!   refused);
 //! * [`schema`] mirrors the file (serde; unknown keys rejected with a suggestion);
 //! * [`rate`] parses rate strings;
 //! * [`descriptors`] loads envoyproxy/ratelimit configuration documents (RLS domains, core key
@@ -13,6 +15,7 @@
 pub mod compile;
 #[cfg(feature = "descriptors")]
 pub mod descriptors;
+pub mod document;
 pub mod rate;
 pub mod schema;
 

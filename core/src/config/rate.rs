@@ -5,19 +5,26 @@
 //! ```text
 //! rate    := limit (';' limit)*
 //! limit   := count ( '/' | ' per ' ) [multiplier] unit
-//! count   := ['+'] ascii-digit+          1 ..= MAX_COUNT
+//! count   := ['+'] ascii-digit+          1 ..= MAX_COUNT (4,294,967,295)
 //! unit    := s|sec|secs|second|seconds | m|min|mins|minute|minutes
-//!          | h|hr|hrs|hour|hours | d|day|days
+//!          | h|hr|hrs|hour|hours | d|day|days | w|week|weeks (7 d)
+//!          | mo|month|months (30 d) | y|year|years (365 d)
 //! ```
+//!
+//! `m` is a minute (`mo` a month). Windows are at most 366 days (`MAX_WINDOW_SECS`), so `1/y`,
+//! `12/12mo` and `52/52w` are fine and `1/2y` is an error.
 //!
 //! Every limit of a `;` list is enforced. Two limits with the same window are rejected (their keys
 //! would collide and one of them would be meaningless).
 
 use std::fmt;
 
-/// Largest count accepted in a rate string ("absurd counts" are configuration mistakes).
-pub const MAX_COUNT: u64 = 1_000_000;
-/// Longest window accepted: 366 days.
+/// Largest count accepted in a rate string: `u32::MAX`, what envoyproxy/ratelimit accepts
+/// (`requests_per_unit` is a uint32). Every algorithm stays exact up to it (see
+/// [`crate::algorithm`]; `gcra` and `sliding_window` have their own bounds, checked by
+/// [`crate::Algorithm::check_limit`]).
+pub const MAX_COUNT: u64 = u32::MAX as u64;
+/// Longest window accepted: 366 days (a year, the longest unit, plus a leap day).
 pub const MAX_WINDOW_SECS: u64 = 366 * 86_400;
 
 /// One validated limit: `count` units of cost per `window_secs` seconds.
@@ -137,6 +144,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     Ok(Rate { limits })
 }
 
+/// The units, for error messages.
+const UNITS: &str = "units: s, m (minute), h, d, w, mo (month), y";
+
 fn parse_one(part: &str) -> Result<Limit, String> {
     let p = part.trim().to_ascii_lowercase();
     if p.is_empty() {
@@ -148,7 +158,7 @@ fn parse_one(part: &str) -> Result<Limit, String> {
         (c.trim(), u.trim())
     } else {
         return Err(format!(
-            "invalid rate {:?}: expected \"<count>/<unit>\" or \"<count> per <unit>\" (unit s, m, h or d)",
+            "invalid rate {:?}: expected \"<count>/<unit>\" or \"<count> per <unit>\" ({UNITS})",
             part.trim()
         ));
     };
@@ -175,15 +185,13 @@ fn parse_one(part: &str) -> Result<Limit, String> {
         "m" | "min" | "mins" | "minute" | "minutes" => 60,
         "h" | "hr" | "hrs" | "hour" | "hours" => 3_600,
         "d" | "day" | "days" => 86_400,
-        "" => {
-            return Err(format!(
-                "missing unit in {:?}; expected s, m, h or d",
-                part.trim()
-            ))
-        }
+        "w" | "week" | "weeks" => 7 * 86_400,
+        "mo" | "month" | "months" => 30 * 86_400,
+        "y" | "year" | "years" => 365 * 86_400,
+        "" => return Err(format!("missing unit in {:?}; {UNITS}", part.trim())),
         other => {
             return Err(format!(
-                "unknown unit {other:?} in {:?}; expected s, m, h or d",
+                "unknown unit {other:?} in {:?}; {UNITS}",
                 part.trim()
             ))
         }
@@ -231,6 +239,16 @@ mod tests {
         assert_eq!(one("10 per minute"), (10, 60));
         assert_eq!(one("10 per 2 hours"), (10, 7_200));
         assert_eq!(one("1000000/m"), (1_000_000, 60));
+        assert_eq!(one("4294967295/s"), (4_294_967_295, 1));
+        assert_eq!(one("5/w"), (5, 604_800));
+        assert_eq!(one("5 per 2 weeks"), (5, 1_209_600));
+        assert_eq!(one("5/mo"), (5, 2_592_000));
+        assert_eq!(one("5 per month"), (5, 2_592_000));
+        assert_eq!(one("5/12MO"), (5, 31_104_000));
+        assert_eq!(one("5/y"), (5, 31_536_000));
+        assert_eq!(one("5 per year"), (5, 31_536_000));
+        assert_eq!(one("5/52w"), (5, 31_449_600));
+        assert_eq!(one("5/366d"), (5, 31_622_400));
     }
 
     #[test]
@@ -251,13 +269,16 @@ mod tests {
             ("1.5/s", "invalid count"),
             ("1_000/m", "invalid count"),
             ("١٠/m", "invalid count"),
-            ("1000001/m", "ceiling"),
+            ("4294967296/m", "ceiling"),
             ("99999999999999999999999/m", "ceiling"),
             ("10", "expected"),
             ("10/", "missing unit"),
             ("/m", "invalid count"),
             ("abc/m", "invalid count"),
-            ("5/w", "unknown unit"),
+            ("5/fortnight", "unknown unit"),
+            ("5/yr", "unknown unit"),
+            ("5/2y", "outside"),
+            ("5/13mo", "outside"),
             ("5/0m", "multiplier"),
             ("5/367d", "outside"),
             ("", "empty rate"),

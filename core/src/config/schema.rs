@@ -34,6 +34,7 @@ pub const CORE_KEYS: &[&str] = &[
     "memory_max_keys",
     "shadow_mode",
     "domains",
+    "allow_empty",
 ];
 
 /// A generic named limit over request descriptors (header values, API keys, ...).
@@ -80,6 +81,7 @@ pub struct RawConfig {
     /// envoyproxy/ratelimit configuration documents, inline (see `config::descriptors`).
     #[cfg(feature = "descriptors")]
     pub domains: Option<serde_json::Value>,
+    pub allow_empty: Option<bool>,
 }
 
 /// The closest known key to `unknown`, if any is close enough to be a likely typo.

@@ -3,8 +3,9 @@
 //! * **Concurrency.** Keys are spread over 16 to 65,536 mutex-protected hash tables, about one
 //!   per 32 keys of `max_keys` (1,000,000 keys: 32,768 shards). A request locks the shards of its
 //!   cells in ascending index order (so two requests can never deadlock), reads the clock, peeks
-//!   every cell, and commits every cell only if all admit: all-or-nothing and exact (T threads on
-//!   one key with limit L admit exactly L). There is no global lock and no background thread.
+//!   every cell at its own cost, and commits only if every enforced cell admits (then the cells
+//!   that [`super::commits`]): all-or-nothing and exact (T threads on one key with limit L admit
+//!   exactly L). There is no global lock and no background thread.
 //!   The shards are many so that threads working on different keys rarely write the same cache
 //!   line: with 256 shards, two threads each cycling over their own 1,024 keys met in every shard
 //!   and moved its lock word between cores on about every other check (1.27x the throughput of
@@ -39,7 +40,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{commits, Store, StoreError};
+use super::{Store, StoreError};
 use crate::algorithm::{CellState, Outcome};
 use crate::clock::{Clock, Micros};
 use crate::config::{Cell, Plan};
@@ -342,8 +343,10 @@ impl MemoryStore {
         let now = self.clock.now_micros();
         let found = shard.table.find_mut(hash, |s| *s.key == *cell.key);
         let outcome = Self::peek_slot(found.as_deref(), cell, cell.cost, now);
-        let decision = Decision::combine(plan, now, [outcome]);
-        if commits(&decision, 0, cell) {
+        // `store::commits` for the one cell (which admitting means the request is admitted).
+        let commit = outcome.allowed && cell.cost > 0;
+        let decision = Decision::single(cell, now, plan.cost, outcome);
+        if commit {
             match found {
                 Some(slot) => Self::commit_slot(slot, cell, cell.cost, now),
                 None => {
@@ -374,6 +377,8 @@ struct Scratch {
     guard: usize,
     /// Bucket index of the key in its shard's table, if present.
     idx: Option<usize>,
+    /// The cell consumes (`store::commits`), once the request is admitted.
+    commit: bool,
 }
 
 /// Plans with at most this many cells use stack scratch (no allocation); larger ones a vector.
@@ -464,18 +469,18 @@ impl MemoryStore {
                 .find_bucket_index(s.hash, |slot| *slot.key == *cell.key);
             let slot = s.idx.and_then(|i| shard.table.get_bucket(i));
             let outcome = Self::peek_slot(slot, cell, cell.cost, now);
+            s.commit = outcome.allowed && cell.cost > 0;
             decision.push(cell, outcome);
         }
         decision.settle();
         if !decision.allowed {
             return Ok(());
         }
-        // Only cells that commit are written (or inserted): see `store::commits`.
+        // Only cells that commit are written (or inserted): `store::commits`, given the request
+        // is admitted.
         let new = scratch
             .iter()
-            .zip(&plan.cells)
-            .enumerate()
-            .filter(|(i, (s, c))| s.idx.is_none() && commits(decision, *i, c))
+            .filter(|s| s.idx.is_none() && s.commit)
             .count();
         // Room for the new cells, never taken from this request's own cells. Between the peeks
         // above and the commits below, nothing else touches the locked tables.
@@ -505,21 +510,16 @@ impl MemoryStore {
         }
         // Commit existing cells by index, then insert the new ones (insertions may grow a
         //    table and so move buckets).
-        for (n, (cell, s)) in plan.cells.iter().zip(scratch.iter()).enumerate() {
-            if !commits(decision, n, cell) {
-                continue;
-            }
-            if let (Some(i), Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+            if let (true, Some(i), Some(shard)) = (s.commit, s.idx, guards[s.guard].as_deref_mut())
+            {
                 if let Some(slot) = shard.table.get_bucket_mut(i) {
                     Self::commit_slot(slot, cell, cell.cost, now);
                 }
             }
         }
-        for (n, (cell, s)) in plan.cells.iter().zip(scratch.iter()).enumerate() {
-            if !commits(decision, n, cell) {
-                continue;
-            }
-            if let (None, Some(shard)) = (s.idx, guards[s.guard].as_deref_mut()) {
+        for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
+            if let (true, None, Some(shard)) = (s.commit, s.idx, guards[s.guard].as_deref_mut()) {
                 // Committed and inserted cells are live: the reclaim cannot take them.
                 let slot = Self::new_slot(cell, cell.cost, now);
                 self.insert(shard, s.hash, slot, now, true);

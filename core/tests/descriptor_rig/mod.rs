@@ -17,7 +17,7 @@ pub const T0: u64 = 1_700_000_040;
 
 pub fn config(base: &str, doc: &str) -> LimiterConfig {
     let set = DomainSet::from_documents(&[("rules.yaml", doc)]).unwrap_or_else(|e| panic!("{e}"));
-    LimiterConfig::from_yaml_str(base, &[])
+    LimiterConfig::from_yaml_str_partial(base, &[])
         .unwrap()
         .0
         .with_domains(set)

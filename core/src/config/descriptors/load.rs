@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::algorithm::Algorithm;
-use crate::config::compile::{header_safe, rate_at, PolicyName};
+use crate::config::compile::{header_safe, rate_for, PolicyName};
 use crate::config::rate::parse_rate;
 use crate::config::ConfigError;
 
@@ -354,7 +354,7 @@ impl Loader<'_> {
         node_key: &str,
     ) -> Result<RuleLimit, ConfigError> {
         let rate = match algorithm {
-            Some(a) => rate_at(path, text, a).map_err(|e| self.err(path, e.message))?,
+            Some(a) => rate_for(path, text, a).map_err(|e| self.err(path, e.message))?,
             None => parse_rate(text).map_err(|e| self.err(path, format!("{text:?}: {e}")))?,
         };
         if rate.limits().len() > MAX_LIMITS_PER_RULE {

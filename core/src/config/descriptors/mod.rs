@@ -61,7 +61,7 @@ mod unit;
 mod wildcard;
 
 use crate::algorithm::Algorithm;
-use crate::config::compile::rate_at;
+use crate::config::compile::rate_for;
 use crate::config::ConfigError;
 
 pub use plan::{DescriptorError, DescriptorPlan, LimitOverride, RequestDescriptor};
@@ -170,7 +170,7 @@ impl DomainSet {
                     ..
                 } = &r.limit
                 {
-                    rate_at(&r.path, rate_text, algorithm).map_err(|e| match written {
+                    rate_for(&r.path, rate_text, algorithm).map_err(|e| match written {
                         Some(w) => load::shown_as(e, rate_text, w),
                         None => e,
                     })?;

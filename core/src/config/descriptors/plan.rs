@@ -15,7 +15,7 @@
 
 use smallvec::SmallVec;
 
-use crate::config::compile::{exact_for, Cell, DimensionKind, Plan, Policy, PolicyName};
+use crate::config::compile::{Cell, DimensionKind, Plan, Policy, PolicyName};
 use crate::config::rate::{Limit, MAX_COUNT};
 use crate::key::{cell_key, DimKey};
 
@@ -260,11 +260,11 @@ impl Policy {
                             format!("{} per {}: {e}", o.requests_per_unit, o.unit),
                         )
                     })?;
-                    if !exact_for(&limit, algorithm) {
+                    if let Err(e) = algorithm.check_limit(&limit) {
                         return Err(DescriptorError::InvalidOverride(
                             i,
                             format!(
-                                "{} per {} is too fine for {} (count × window in µs must not exceed 2^53)",
+                                "{} per {}: {e} (algorithm {})",
                                 o.requests_per_unit,
                                 o.unit,
                                 algorithm.name()

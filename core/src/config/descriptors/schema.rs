@@ -151,28 +151,46 @@ pub(super) fn yaml_documents(
     origin: &str,
     text: &str,
 ) -> Result<Vec<(String, RawDocument)>, ConfigError> {
-    // Several documents? (Counted up to the first one that does not parse.)
-    let mut count = 0;
-    for doc in serde_yaml::Deserializer::from_str(text).take(2) {
-        if IgnoredAny::deserialize(doc).is_err() {
-            break;
-        }
-        count += 1;
-    }
-    let several = count > 1;
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let label = if several {
+    use crate::config::document;
+    let at_origin = |e: ConfigError| ConfigError::new(origin, e.message);
+    // The strict reading first (size, nesting, duplicate keys at any depth), as every config.
+    let values = document::yaml_documents(text).map_err(at_origin)?;
+    let several = values.len() > 1;
+    let label = |i: usize| {
+        if several {
             format!("{origin} (document {})", i + 1)
         } else {
             origin.to_string()
-        };
-        let value: Option<RawDocument> =
-            serde_path_to_error::deserialize(doc).map_err(|e| serde_error(&label, e))?;
-        if let Some(doc) = value {
-            out.push((label, doc));
+        }
+    };
+    for (i, v) in values.iter().enumerate() {
+        if !(v.is_object() || v.is_null()) {
+            let got = if v.is_array() { "sequence" } else { "scalar" };
+            return Err(located(
+                &label(i),
+                "",
+                format!("invalid type: {got}, expected a document mapping {{domain, descriptors}}"),
+            ));
         }
     }
+    // Then the typed reading, which keeps scalars as written (`value: 1.10` is "1.10").
+    let docs = match document::yaml_documents_as::<Option<RawDocument>>(text) {
+        Ok(docs) => docs,
+        Err(e) => {
+            // Name the path of the value at fault: the same type check over the parsed values.
+            for (i, v) in values.iter().enumerate() {
+                serde_path_to_error::deserialize::<_, Option<RawDocument>>(v)
+                    .map_err(|e| serde_error(&label(i), e))?;
+            }
+            return Err(at_origin(e));
+        }
+    };
+    let out: Vec<(String, RawDocument)> = docs
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, d)| (label(i), d))
+        .collect();
     if out.is_empty() {
         return Err(ConfigError::new(
             &format!("{origin}: domain"),

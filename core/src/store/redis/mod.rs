@@ -40,6 +40,8 @@
 mod negative_cache;
 mod tls;
 
+pub use tls::check_files as check_tls_files;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};

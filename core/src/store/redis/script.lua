@@ -3,10 +3,13 @@
 -- This file is the contract shared by the Rust store (ratewall_core::store::redis::SCRIPT) and the
 -- pure-Python engine of the gateway plugin (which runs this same text with EVALSHA via redis-py).
 -- It mirrors core/src/algorithm/*.rs exactly: integer microseconds, the same formulas, the same
--- saturating subtractions. Lua numbers are IEEE doubles; the configuration keeps every
--- intermediate value below 2^53, where doubles are exact integers, and integer division is done as
--- math.floor(a / b), which is exact for 0 <= a < 2^53, b >= 1 (the rounding error of a / b is
--- below 1 / b, the distance from a non-integer quotient to the next integer).
+-- saturating subtractions. Lua numbers are IEEE doubles, exact integers below 2^53; integer
+-- division is done as math.floor(a / b), which is exact for 0 <= a < 2^53, b >= 1 (the rounding
+-- error of a / b is below 1 / b, the distance from a non-integer quotient to the next integer).
+-- Counts reach 2^32 - 1 and windows 366 days (< 2^45 us), so the few products count x us that
+-- reach 2^77 (token bucket refill and refill time, the sliding window counter's weight and retry
+-- offsets) go through muldiv below, an exact long division whose every step stays below 2^53, as
+-- core/src/algorithm/exact.rs does with u128; every value stored or returned stays below 2^53.
 --
 -- CALL
 --   EVALSHA <sha1 of this text> <n> KEYS[1..n] ARGV[1..1+5n]
@@ -70,6 +73,38 @@ local function sat(a, b)
     return a - b
   end
   return 0
+end
+
+-- floor((a * b + c) / m) and the remainder, exact, for integers 0 <= a < 2^32, 0 <= b < 2^53,
+-- 0 <= c < 2^52, 1 <= m < 2^46 and a quotient below 2^53. Directly when a b + c < 2^53; else
+-- schoolbook long division of a b by m over the base-64 digits of b, high digit first: each step
+-- t = r * 64 + a * digit < 2^52 + 2^38 < 2^53 (r < m), so every operation is exact.
+local POW64 = { [0] = 1 }
+for k = 1, 8 do
+  POW64[k] = POW64[k - 1] * 64
+end
+
+local function muldiv(a, b, c, m)
+  local n = a * b + c
+  if n < 9007199254740992 then
+    local q = floor(n / m)
+    return q, n - q * m
+  end
+  local q, r = 0, 0
+  for k = 8, 0, -1 do
+    local digit = floor(b / POW64[k]) % 64
+    local t = r * 64 + a * digit
+    local d = floor(t / m)
+    r = t - d * m
+    q = q * 64 + d
+  end
+  r = r + c
+  if r >= m then
+    local d = floor(r / m)
+    q = q + d
+    r = r - d * m
+  end
+  return q, r
 end
 
 local function num(v)
@@ -274,6 +309,15 @@ local function swc_view(s, now, w)
   return i, p, k, e
 end
 
+-- W - min(floor(m W / d), W): when a weight of d units has shrunk to m (d >= 1)
+local function swc_offset(m, d, w)
+  if m >= d then
+    return 0
+  end
+  local q = muldiv(m, w, 0, d)
+  return w - q
+end
+
 local function swc_reset(i, p, k, w, now)
   if k > 0 then
     return (i + 2) * w
@@ -290,21 +334,24 @@ return {
   end,
   peek = function(s, now, cost, l, w)
     local i, p, k, e = swc_view(s, now, w)
-    local weighted_prev = p * (w - e)
-    local budget = l * w
-    if weighted_prev + (k + cost) * w <= budget then
-      return 1, idiv(budget - weighted_prev - (k + cost) * w, w), swc_reset(i, p, k + cost, w, now), -1
+    -- the previous window's weight, rounded up: ceil(p (W - e) / W)
+    local q, r = muldiv(p, w - e, 0, w)
+    local wp = q
+    if r > 0 then
+      wp = q + 1
     end
-    local remaining = idiv(sat(budget, weighted_prev + k * w), w)
+    local used = k + cost
+    if used <= l and wp <= l - used then
+      return 1, l - used - wp, swc_reset(i, p, used, w, now), -1
+    end
+    local remaining = sat(sat(l, k), wp)
     local retry = -1
     if cost > l then
       retry = -1
-    elseif k + cost <= l then
-      local e1 = w - math.min(idiv((l - k - cost) * w, p), w)
-      retry = i * w + e1
+    elseif used <= l then
+      retry = i * w + swc_offset(l - used, p, w)
     else
-      local e2 = w - math.min(idiv((l - cost) * w, k), w)
-      retry = (i + 1) * w + e2
+      retry = (i + 1) * w + swc_offset(l - cost, k, w)
     end
     return 0, remaining, swc_reset(i, p, k, w, now), retry
   end,
@@ -328,17 +375,25 @@ local function tb_refill(s, now, l, w)
     return l, 0
   end
   local d = math.min(sat(now, s.l), w)
-  local acc = d * l + s.r
-  local q = idiv(acc, w)
+  -- (d L + rem) / W and its remainder
+  local q, r = muldiv(l, d, s.r, w)
   local tokens = s.t + q
   if tokens >= l then
     return l, 0
   end
-  return tokens, acc - q * w
+  return tokens, r
 end
 
+-- ceil((need W - rem)^+ / L), with need W = q L + r (token_bucket.rs)
 local function tb_time_for(need, rem, l, w)
-  return cdiv(sat(need * w, rem), l)
+  local q, r = muldiv(need, w, 0, l)
+  if r >= rem then
+    if r > rem then
+      return q + 1
+    end
+    return q
+  end
+  return sat(q, idiv(rem - r, l))
 end
 
 return {

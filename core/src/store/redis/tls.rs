@@ -91,6 +91,13 @@ pub(crate) fn certificates(
     }))
 }
 
+/// Validate the TLS files of `settings` (readable, PEM, at least one certificate, a usable key)
+/// as creating the store does, without connecting: `ratewall-server --check-config` runs this
+/// check, so it passes exactly the configurations start-up accepts.
+pub fn check_files(settings: &RedisSettings) -> Result<(), StoreError> {
+    certificates(settings).map(|_| ())
+}
+
 /// Make sure rustls has a process-wide crypto provider (ring), whatever other crates enabled.
 pub(crate) fn install_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {

@@ -9,7 +9,7 @@ from typing import NamedTuple, Optional
 from . import keys
 from .text import clean, normalize_name
 
-MAX_COUNT = 1_000_000
+MAX_COUNT = 4_294_967_295  # u32::MAX: config::rate::MAX_COUNT
 _SERVER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")
 
 
