@@ -43,8 +43,8 @@ load_error! {
         ["descriptors[0].rate_limit.unit", "is missing"];
     missing_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second}\n" =>
         ["rules.yaml: descriptors[0].rate_limit.requests_per_unit", "is missing"];
-    zero_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 0}\n" =>
-        ["descriptors[0].rate_limit.requests_per_unit", "0 is not accepted"];
+    zero_requests_per_unit_with_algorithm: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 0, algorithm: gcra}\n" =>
+        ["descriptors[0].rate_limit.algorithm", "requests_per_unit: 0", "\"gcra\""];
     huge_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 99999999999}\n" =>
         ["descriptors[0].rate_limit.requests_per_unit: 99999999999 per second: count 99999999999 exceeds"];
     negative_requests_per_unit: "domain: d\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: -5}\n" =>

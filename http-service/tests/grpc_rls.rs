@@ -594,3 +594,42 @@ domains:
     }
     r.stop().await;
 }
+
+#[tokio::test]
+async fn requests_per_unit_zero_blocks_a_value_and_charges_nothing_else() {
+    // envoyproxy/ratelimit's README, example 3: a generic per-IP limit and a black-listed IP.
+    let mut r = rig(r#"
+by_user: "1000/m"
+domains:
+  - domain: edge_proxy_per_ip
+    descriptors:
+      - key: remote_address
+        rate_limit: {unit: second, requests_per_unit: 10}
+      - key: remote_address
+        value: 50.0.0.5
+        rate_limit: {unit: second, requests_per_unit: 0}
+      - key: user
+        rate_limit: {unit: minute, requests_per_unit: 5}
+"#)
+    .await;
+    let d = "edge_proxy_per_ip";
+    let resp = r.ok(req(d, vec![ip("50.0.0.5")])).await;
+    assert_eq!(resp.overall_code, Code::OverLimit as i32);
+    let s = &resp.statuses[0];
+    assert_eq!(s.code, Code::OverLimit as i32);
+    let l = s.current_limit.as_ref().unwrap();
+    assert_eq!((l.requests_per_unit, l.unit), (0, Unit::Second as i32));
+    assert_eq!(s.duration_until_reset.as_ref().unwrap().seconds, 1);
+    let resp = r.ok(req(d, vec![ip("50.0.0.1")])).await;
+    assert_eq!(resp.overall_code, Code::Ok as i32);
+    assert_eq!(resp.statuses[0].limit_remaining, 9);
+    // A request naming the blocked IP and a user: denied, the user not charged.
+    let user = desc(&[("user", "alice")]);
+    let resp = r.ok(req(d, vec![user.clone(), ip("50.0.0.5")])).await;
+    assert_eq!(resp.overall_code, Code::OverLimit as i32);
+    assert_eq!(resp.statuses[0].code, Code::Ok as i32);
+    assert_eq!(resp.statuses[0].limit_remaining, 5);
+    let resp = r.ok(req(d, vec![user])).await;
+    assert_eq!(resp.statuses[0].limit_remaining, 4);
+    r.stop().await;
+}

@@ -123,7 +123,7 @@ impl Rig {
             .policy
             .plan_descriptors(domain, &reqs, hits)
             .unwrap();
-        let decision = self.store.check(&plan.plan).unwrap();
+        let decision = plan.finish(self.store.check(&plan.plan).unwrap());
         let statuses = plan.statuses(&decision);
         assert_eq!(statuses.len(), descriptors.len());
         (decision, statuses)

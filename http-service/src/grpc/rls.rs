@@ -202,7 +202,7 @@ impl RateLimitService for Rls {
                 return Err(e);
             }
         };
-        let d = state.decide(&rt, &plan.plan).await;
+        let d = plan.finish(state.decide(&rt, &plan.plan).await);
         state.metrics.observe(Endpoint::Rls, start.elapsed());
         if d.reason == Some(DenyReason::BackendUnavailable) {
             return Err(Status::unavailable(

@@ -306,10 +306,29 @@ impl Loader<'_> {
             let rpu = match rl.requests_per_unit {
                 None => return Err(self.err(&rate_path, "is missing")),
                 Some(0) => {
-                    return Err(self.err(
-                        &rate_path,
-                        "0 is not accepted: a limit admits at least 1 request per unit",
-                    ))
+                    if let Some(a) = &rl.algorithm {
+                        return Err(self.err(
+                            &sub(path, "algorithm"),
+                            format!("should not be given with requests_per_unit: 0 (a rule that blocks every request has no algorithm; got {a:?})"),
+                        ));
+                    }
+                    return Ok(Pending {
+                        rule: Rule {
+                            path: located(self.label, &rate_path, "").path,
+                            name: name.map(|n| PolicyName::intern(&n)),
+                            name_id: None,
+                            replaces: Vec::new(),
+                            limit: RuleLimit::Blocked,
+                            shadow,
+                            shared: if shared.iter().any(Option::is_some) {
+                                shared.to_vec()
+                            } else {
+                                Vec::new()
+                            },
+                            unit: Some(unit),
+                        },
+                        replaces,
+                    });
                 }
                 Some(n) => n,
             };

@@ -136,6 +136,15 @@ pub(super) enum Slot {
     Free,
     /// An `unlimited: true` rule.
     Unlimited,
+    /// A `requests_per_unit: 0` rule (see [`DescriptorPlan::finish`]).
+    Blocked {
+        /// The rule's unit: the window whose end `duration_until_reset` reports.
+        unit: super::unit::Unit,
+        /// The request charges it (its hit count is not 0).
+        hit: bool,
+        shadow: bool,
+        name: Option<PolicyName>,
+    },
     /// Cells `refs[start .. start + len]` of the plan.
     Limited {
         start: u16,
@@ -153,6 +162,11 @@ pub struct DescriptorPlan {
     pub plan: Plan,
     pub(super) slots: SmallVec<[Slot; 4]>,
     pub(super) refs: SmallVec<[u16; 8]>,
+    /// Some enforced `requests_per_unit: 0` rule is hit: the request is over the limit whatever
+    /// the store says; every cell's cost is 0 (the store call only reads).
+    pub(super) blocked: bool,
+    /// Some shadow `requests_per_unit: 0` rule is hit.
+    pub(super) shadow_blocked: bool,
 }
 
 /// A descriptor's match before `replaces` is applied.
@@ -242,6 +256,8 @@ impl Policy {
             },
             slots: SmallVec::new(),
             refs: SmallVec::new(),
+            blocked: false,
+            shadow_blocked: false,
         };
         let Some(dom) = self.domains().get(domain) else {
             out.slots.resize(descriptors.len(), Slot::Free);
@@ -290,7 +306,7 @@ impl Policy {
             .map(|m| match m {
                 Matched::Rule(r) if kept(r) => match &r.limit {
                     RuleLimit::Limits { limits, .. } => limits.len(),
-                    RuleLimit::Unlimited => 0,
+                    RuleLimit::Unlimited | RuleLimit::Blocked => 0,
                 },
                 Matched::Override(_) => 1,
                 _ => 0,
@@ -306,6 +322,23 @@ impl Policy {
                 Matched::Rule(rule) if !kept(rule) => Slot::Free,
                 Matched::Rule(rule) => match &rule.limit {
                     RuleLimit::Unlimited => Slot::Unlimited,
+                    RuleLimit::Blocked => {
+                        let shadow = rule.shadow || global_shadow;
+                        let hit = cost > 0;
+                        if hit {
+                            if shadow {
+                                out.shadow_blocked = true;
+                            } else {
+                                out.blocked = true;
+                            }
+                        }
+                        Slot::Blocked {
+                            unit: rule.unit.unwrap_or(super::unit::Unit::Second),
+                            hit,
+                            shadow,
+                            name: rule.name,
+                        }
+                    }
                     RuleLimit::Limits {
                         limits,
                         algorithm: own,
@@ -363,6 +396,13 @@ impl Policy {
             };
             out.slots.push(slot);
         }
+        if out.blocked {
+            // Over the limit whatever the other descriptors say: charge nothing (all-or-nothing),
+            // read their state for their statuses.
+            for c in &mut out.plan.cells {
+                c.cost = 0;
+            }
+        }
         Ok(out)
     }
 
@@ -396,6 +436,24 @@ impl Policy {
 }
 
 impl DescriptorPlan {
+    /// The request's decision from the store's decision on [`DescriptorPlan::plan`]: the same,
+    /// except that a request hitting an enforced `requests_per_unit: 0` rule is denied (reason
+    /// [`DenyReason::CostExceedsLimit`](crate::decision::DenyReason): it can never pass, so no
+    /// `Retry-After`), and one hitting a shadow one is marked `shadow_denied`. Call it on
+    /// every decision of this plan before reading its statuses or rendering its headers.
+    pub fn finish(&self, mut d: crate::decision::Decision) -> crate::decision::Decision {
+        if self.blocked && d.allowed {
+            d.allowed = false;
+            d.reason = Some(crate::decision::DenyReason::CostExceedsLimit);
+            d.retry_at = None;
+            d.retry_after_secs = None;
+        }
+        if self.shadow_blocked {
+            d.shadow_denied = true;
+        }
+        d
+    }
+
     /// Add `cell` for descriptor `i`, or merge it into an earlier cell with the same key; the
     /// cell's index.
     fn add(

@@ -7,6 +7,8 @@
 //! |---|---|---|---|---|
 //! | no rule, unknown domain, whitelisted, replaced | `OK` | none | 0 | none |
 //! | `unlimited: true` | `OK` | none | `u32::MAX` | none |
+//! | `requests_per_unit: 0`, hit | `OVER_LIMIT` | 0 per its unit | 0 | until the end of the current unit window (aligned to the epoch, as envoyproxy/ratelimit's) |
+//! | `requests_per_unit: 0`, `hits_addend` 0 | `OK` | 0 per its unit | 0 | as above |
 //! | limited | its deciding cell's verdict | that cell's limit | that cell's remaining | that cell's reset |
 //!
 //! The deciding cell of a descriptor with several limits is chosen as [`Decision`] chooses over
@@ -143,6 +145,31 @@ impl DescriptorPlan {
                     limit_remaining: u64::from(u32::MAX),
                     ..DescriptorStatus::FREE
                 },
+                Slot::Blocked {
+                    unit,
+                    hit,
+                    shadow,
+                    name,
+                } => {
+                    let window = unit.secs();
+                    let now_secs = decision.now / 1_000_000;
+                    DescriptorStatus {
+                        code: if hit && !shadow {
+                            StatusCode::OverLimit
+                        } else {
+                            StatusCode::Ok
+                        },
+                        current_limit: Some(CurrentLimit {
+                            requests_per_unit: 0,
+                            unit: Some(unit),
+                            window_secs: window,
+                            name,
+                        }),
+                        limit_remaining: 0,
+                        duration_until_reset_secs: Some(window - now_secs % window),
+                        shadow: hit && shadow,
+                    }
+                }
                 Slot::Limited {
                     start,
                     len,

@@ -53,6 +53,9 @@ pub(super) struct Node {
 pub(super) enum RuleLimit {
     /// `unlimited: true`: never limited, never sent to the store.
     Unlimited,
+    /// `requests_per_unit: 0` (envoyproxy/ratelimit's way to block a value): every request that
+    /// reaches it with a non-zero hit count is over the limit; nothing is stored for it.
+    Blocked,
     /// One or more limits, all enforced.
     Limits {
         /// Each limit with its policy name (headers, metrics).
