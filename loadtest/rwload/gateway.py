@@ -42,11 +42,18 @@ TOOL = "echo-up-echo"  # the upstream's `echo`, as the gateway federates it (slu
 
 
 def _python312() -> str:
+    # A pyenv shim named python3.12 is on PATH even when 3.12 is not the selected version (it
+    # then exits 127), so every candidate must run; pyenv's own 3.12 interpreters come first.
+    candidates = [str(p) for p in sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"), reverse=True)]
     found = shutil.which("python3.12")
     if found:
-        return found
-    for p in sorted(Path.home().glob(".pyenv/versions/3.12*/bin/python3.12"), reverse=True):
-        return str(p)
+        candidates.append(found)
+    for c in candidates:
+        try:
+            if subprocess.run([c, "--version"], capture_output=True, timeout=30).returncode == 0:
+                return c
+        except (OSError, subprocess.SubprocessError):
+            continue
     raise RigError("Python 3.12 not found (the gateway needs >= 3.12, < 3.14): install it or put it on PATH")
 
 
