@@ -3,7 +3,8 @@
 //! The sans-I/O rate limiting engine shared by the gateway plugin, the check service and the Envoy
 //! filter: configuration ([`config`]), five algorithms as pure state transitions ([`algorithm`]),
 //! the all-or-nothing multi-dimension [`decision`], the one header renderer ([`headers`]),
-//! injective storage keys ([`key`]), an injected [`clock`], and stores ([`store`]).
+//! injective storage keys ([`key`]), an injected [`clock`], stores ([`store`]) and the one log
+//! [`throttle`] for per-request failure lines.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -31,6 +32,7 @@ pub mod decision;
 pub mod headers;
 pub mod key;
 pub mod store;
+pub mod throttle;
 
 pub use algorithm::Algorithm;
 pub use config::{normalize_name, ConfigError, LimiterConfig};

@@ -12,6 +12,7 @@ use ratewall_core::config::{Backend, FailMode, Plan};
 use ratewall_core::decision::Decision;
 use ratewall_core::store::memory::MemoryStore;
 use ratewall_core::store::{Store, StoreError};
+use ratewall_core::throttle::LogThrottle;
 
 use crate::metrics::{Metrics, StoreFigures};
 use crate::settings::Loaded;
@@ -148,6 +149,8 @@ pub struct AppState {
     memory: parking_lot::Mutex<Option<Arc<MemoryStore>>>,
     clock: Arc<dyn Clock>,
     reload_lock: tokio::sync::Mutex<()>,
+    /// Store-error lines (one per failed request otherwise): at most one a second.
+    fail_log: LogThrottle,
     /// Metrics (process lifetime).
     pub metrics: Metrics,
     /// Where reloads read from.
@@ -177,6 +180,7 @@ impl AppState {
             memory,
             clock,
             reload_lock: tokio::sync::Mutex::new(()),
+            fail_log: LogThrottle::per_second(),
             metrics: Metrics::default(),
             source,
         }))
@@ -212,13 +216,16 @@ impl AppState {
                 self.metrics.backend_error();
                 let open = rt.loaded.limiter.fail_mode == FailMode::Open;
                 self.metrics.fail_mode_decision(open);
-                tracing::warn!(
-                    error = %e,
-                    transient = e.transient,
-                    fail_mode = if open { "open" } else { "closed" },
-                    "store error"
-                );
                 let now = self.now_micros();
+                if let Some(suppressed) = self.fail_log.permit(now) {
+                    tracing::warn!(
+                        error = %e,
+                        transient = e.transient,
+                        fail_mode = if open { "open" } else { "closed" },
+                        suppressed,
+                        "store error (at most one line a second; `suppressed` counts the others)"
+                    );
+                }
                 if open {
                     Decision::unlimited(now)
                 } else {

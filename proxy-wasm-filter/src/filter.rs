@@ -14,6 +14,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 use ratewall_core::clock::Micros;
+use ratewall_core::throttle::LogThrottle;
 
 use crate::config::{FilterConfig, Mode};
 use crate::mcp::{parse_body, Body};
@@ -44,6 +45,16 @@ impl SharedData for Host {
             Err(Status::CasMismatch) => Err(SetError::CasMismatch),
             Err(s) => Err(SetError::Host(format!("set_shared_data: {s:?}"))),
         }
+    }
+}
+
+/// Per-request failure lines (shared data, check service, local reply): at most one a second per
+/// VM, each with the number suppressed since the previous one.
+static FAIL_LOG: LogThrottle = LogThrottle::per_second();
+
+fn warn_throttled(line: std::fmt::Arguments) {
+    if let Some(n) = FAIL_LOG.permit(now_micros()) {
+        warn!("{line} ({n} suppressed)");
     }
 }
 
@@ -267,7 +278,9 @@ impl Http {
                 let verdict = match table.check_prepared(&Host, &prepared, &now_micros) {
                     Ok((d, _)) => Verdict::from_decision(&d, cfg.headers()),
                     Err(e) => {
-                        warn!("ratewall: shared data unavailable ({e}); fail_mode applies");
+                        warn_throttled(format_args!(
+                            "ratewall: shared data unavailable ({e}); fail_mode applies"
+                        ));
                         Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers())
                     }
                 };
@@ -321,10 +334,10 @@ impl Http {
                 Action::Pause
             }
             Err(e) => {
-                warn!(
+                warn_throttled(format_args!(
                     "ratewall: cannot call cluster {:?}: {e:?}; fail_mode applies",
                     remote.cluster
-                );
+                ));
                 let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
                 self.apply(v, resumed)
             }
@@ -350,7 +363,7 @@ impl Http {
             .collect();
         headers.push(("content-type", "application/json"));
         if let Err(e) = hostcalls::send_http_response(verdict.status, headers, Some(&body)) {
-            warn!("ratewall: cannot send the local reply: {e:?}");
+            warn_throttled(format_args!("ratewall: cannot send the local reply: {e:?}"));
         }
         Action::Pause
     }
@@ -387,7 +400,9 @@ impl Context for Http {
                 self.apply(v, true);
             }
             Err(e) => {
-                warn!("ratewall: check service failed ({e}); fail_mode applies");
+                warn_throttled(format_args!(
+                    "ratewall: check service failed ({e}); fail_mode applies"
+                ));
                 self.pending.clear();
                 let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
                 self.apply(v, true);

@@ -57,6 +57,7 @@ use crate::clock::{Clock, Micros, SystemClock};
 use crate::config::{ClockSource, FailMode, Plan, RedisSettings};
 use crate::decision::{Decision, DenyReason};
 use crate::store::StoreError;
+use crate::throttle::LogThrottle;
 
 /// The Lua script run for every request. Its header documents `KEYS`, `ARGV` and the reply; the
 /// gateway plugin's pure-Python engine runs this same text.
@@ -129,47 +130,6 @@ struct Counters {
     fail_closed: AtomicU64,
 }
 
-/// At most one log line per interval; counts what it suppressed.
-struct LogLimiter {
-    start: Instant,
-    next_ms: AtomicU64,
-    suppressed: AtomicU64,
-}
-
-impl LogLimiter {
-    const INTERVAL_MS: u64 = 1_000;
-
-    fn new() -> Self {
-        Self {
-            start: Instant::now(),
-            next_ms: AtomicU64::new(0),
-            suppressed: AtomicU64::new(0),
-        }
-    }
-
-    /// `Some(suppressed since the last line)` if a line may be written now.
-    fn permit(&self) -> Option<u64> {
-        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let next = self.next_ms.load(Ordering::Relaxed);
-        if now >= next
-            && self
-                .next_ms
-                .compare_exchange(
-                    next,
-                    now + Self::INTERVAL_MS,
-                    Ordering::Relaxed,
-                    Ordering::Relaxed,
-                )
-                .is_ok()
-        {
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
-
 struct Inner {
     target: Target,
     url_redacted: String,
@@ -188,7 +148,8 @@ struct Inner {
     clock: SystemClock,
     negative: NegativeCache,
     counters: Counters,
-    log: LogLimiter,
+    /// Error lines: at most one a second, with the count suppressed.
+    log: LogThrottle,
 }
 
 /// The shared Redis store. Cheap to clone (every clone shares the connection, cache and
@@ -319,7 +280,7 @@ impl Inner {
     }
 
     fn log_error(&self, what: &str, e: &dyn std::fmt::Display) {
-        if let Some(suppressed) = self.log.permit() {
+        if let Some(suppressed) = self.log.permit(self.clock.now_micros()) {
             tracing::warn!(
                 url = %self.url_redacted,
                 suppressed,
@@ -386,7 +347,7 @@ impl RedisStore {
             clock: SystemClock::new(),
             negative: NegativeCache::new(settings.negative_cache_keys),
             counters: Counters::default(),
-            log: LogLimiter::new(),
+            log: LogThrottle::per_second(),
         });
         let first = inner.timeout.max(Duration::from_secs(1));
         match tokio::time::timeout(first, inner.open()).await {
@@ -734,14 +695,5 @@ mod tests {
             assert!(SCRIPT.contains(needle), "{needle}");
         }
         assert_eq!(script_sha().len(), 40);
-    }
-
-    #[test]
-    fn log_limiter_suppresses_and_counts() {
-        let l = LogLimiter::new();
-        assert_eq!(l.permit(), Some(0));
-        assert_eq!(l.permit(), None);
-        assert_eq!(l.permit(), None);
-        assert_eq!(l.suppressed.load(Ordering::Relaxed), 2);
     }
 }
