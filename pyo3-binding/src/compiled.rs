@@ -2,20 +2,20 @@
 //!
 //! The plugin validates its `config:` block with the core ([`LimiterConfig::from_json_str`]), so
 //! every key means exactly what it means in the check service and the Envoy filter. The compiled
-//! policy is also exported as plain data ([`describe`]) for the pure-Python engine and to
-//! fingerprint the limits (the key of the process-wide memory store registry).
+//! policy is also exported as plain data ([`describe`]) for the pure-Python engine and for logs.
 
 use std::collections::BTreeMap;
 
 use ratewall_core::config::rate::Limit;
+use ratewall_core::config::schema::{suggest, CORE_KEYS};
 use ratewall_core::config::{
-    Backend, ClockSource, ConfigError, DimensionKind, FailMode, HeaderFormat, LimiterConfig,
-    RequestContext,
+    document, Backend, ClockSource, ConfigError, DimensionKind, FailMode, HeaderFormat,
+    LimiterConfig, RequestContext,
 };
 use serde_json::{json, Map, Value};
 
 /// Keys the plugin reads itself (everything else belongs to the core schema).
-pub const PLUGIN_KEYS: &[&str] = &["engine", "redis_fallback"];
+pub const PLUGIN_KEYS: &[&str] = &["engine", "redis_fallback", "strict"];
 
 /// One limit of one dimension: `(count, window_secs, policy name)`.
 pub type LimitSpec = (u64, u64, String);
@@ -33,16 +33,94 @@ fn spec(limit: &Limit, name: &str) -> LimitSpec {
     (limit.count(), limit.window_secs(), name.to_string())
 }
 
+/// A validated plugin config.
+pub struct Loaded {
+    pub cfg: LimiterConfig,
+    /// The plugin's own keys ([`PLUGIN_KEYS`]).
+    pub extra: Map<String, Value>,
+    /// Unknown top-level keys that were ignored (not `strict`), sorted, each with the known key
+    /// it most likely misspells. The plugin logs them at WARN.
+    pub ignored: Vec<(String, Option<&'static str>)>,
+}
+
+fn known_keys() -> impl Iterator<Item = &'static str> {
+    CORE_KEYS.iter().chain(PLUGIN_KEYS).copied()
+}
+
+/// `"a" (did you mean "b"?), "c"`: the ignored keys as the WARN and error notes name them.
+pub fn describe_ignored(ignored: &[(String, Option<&'static str>)]) -> String {
+    ignored
+        .iter()
+        .map(|(k, hint)| match hint {
+            Some(h) => format!("{k:?} (did you mean {h:?}?)"),
+            None => format!("{k:?}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Validate the plugin's config (JSON text). Rejects what the gateway cannot use.
-pub fn load(text: &str) -> Result<(LimiterConfig, Map<String, Value>), ConfigError> {
-    let (cfg, extra) = LimiterConfig::from_json_str(text, PLUGIN_KEYS)?;
+///
+/// Unknown top-level keys: by default each is ignored and reported in [`Loaded::ignored`] (the
+/// peer `cpex-rate-limiter` 0.1.12 only warned about them, and cpex, whose
+/// `fail_on_plugin_error` defaults to false, runs the gateway *without* a plugin that fails to
+/// construct: refusing a config the peer accepted would turn rate limiting off on migration).
+/// With `strict: true` an unknown key is an error naming it. A known key with an invalid value is
+/// always an error. If the config fails for another reason, the error also names the ignored
+/// keys (a misspelt `by_usr` is why "no limit is configured").
+pub fn load(text: &str) -> Result<Loaded, ConfigError> {
+    let mut value = document::json(text.as_bytes())?;
+    // Judged before unknown keys are removed: `{"by_usr": ..}` is not an empty file.
+    let empty_document = value.is_null() || value.as_object().is_some_and(|m| m.is_empty());
+    let mut ignored = Vec::new();
+    if let Value::Object(map) = &mut value {
+        let strict = match map.get("strict") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => {
+                return Err(ConfigError {
+                    path: "strict".into(),
+                    message: format!("expected true or false, got {v}"),
+                })
+            }
+        };
+        if !strict {
+            let unknown: Vec<String> = map
+                .keys()
+                .filter(|k| !known_keys().any(|known| known == k.as_str()))
+                .cloned()
+                .collect();
+            for k in unknown {
+                map.remove(&k);
+                let hint = suggest(&k, known_keys());
+                ignored.push((k, hint));
+            }
+            ignored.sort();
+        }
+    }
+    let note = |mut e: ConfigError| {
+        if !ignored.is_empty() {
+            e.message = format!(
+                "{}; note: unknown key(s) ignored: {}",
+                e.message,
+                describe_ignored(&ignored)
+            );
+        }
+        e
+    };
+    let (cfg, extra) = LimiterConfig::from_json_value_partial(value, PLUGIN_KEYS).map_err(note)?;
+    cfg.require_limits(empty_document).map_err(note)?;
     if cfg.raw.limits.as_ref().is_some_and(|l| !l.is_empty()) {
         return Err(ConfigError {
             path: "limits".into(),
             message: "descriptor limits are not supported by the gateway plugin (its hooks carry no descriptors); use by_user, by_user_per_server, by_tenant or by_tool".into(),
         });
     }
-    Ok((cfg, extra))
+    Ok(Loaded {
+        cfg,
+        extra,
+        ignored,
+    })
 }
 
 /// The compiled limits, read back through [`ratewall_core::config::Policy::plan`] so that names,
@@ -94,28 +172,6 @@ fn limits_json(v: &[LimitSpec]) -> Value {
     )
 }
 
-/// A stable fingerprint of everything that decides what a memory store holds: algorithm, key
-/// prefix, capacity and every limit. Instances with equal fingerprints share one store.
-pub fn fingerprint(cfg: &LimiterConfig, dims: &Dimensions) -> String {
-    let strip =
-        |v: &[LimitSpec]| -> Vec<(u64, u64)> { v.iter().map(|(c, w, _)| (*c, *w)).collect() };
-    let tools: BTreeMap<&str, Vec<(u64, u64)>> = dims
-        .by_tool
-        .iter()
-        .map(|(k, v)| (k.as_str(), strip(v)))
-        .collect();
-    json!({
-        "algorithm": cfg.policy.algorithm().name(),
-        "prefix": cfg.policy.prefix(),
-        "memory_max_keys": cfg.memory_max_keys,
-        "by_user": strip(&dims.by_user),
-        "by_user_per_server": strip(&dims.by_user_per_server),
-        "by_tenant": strip(&dims.by_tenant),
-        "by_tool": tools,
-    })
-    .to_string()
-}
-
 pub fn header_format_name(h: HeaderFormat) -> &'static str {
     match h {
         HeaderFormat::Legacy => "legacy",
@@ -126,7 +182,12 @@ pub fn header_format_name(h: HeaderFormat) -> &'static str {
 }
 
 /// The compiled configuration as JSON (for the pure-Python engine and for logs).
-pub fn describe(cfg: &LimiterConfig, extra: &Map<String, Value>) -> Value {
+pub fn describe(loaded: &Loaded) -> Value {
+    let Loaded {
+        cfg,
+        extra,
+        ignored,
+    } = loaded;
     let dims = dimensions(cfg);
     let tools: Map<String, Value> = dims
         .by_tool
@@ -134,7 +195,6 @@ pub fn describe(cfg: &LimiterConfig, extra: &Map<String, Value>) -> Value {
         .map(|(k, v)| (k.clone(), limits_json(v)))
         .collect();
     json!({
-        "fingerprint": fingerprint(cfg, &dims),
         "algorithm": cfg.policy.algorithm().name(),
         "key_tag": cfg.policy.algorithm().key_tag(),
         "prefix": cfg.policy.prefix(),
@@ -145,6 +205,7 @@ pub fn describe(cfg: &LimiterConfig, extra: &Map<String, Value>) -> Value {
         "shadow_mode": cfg.policy.shadow_mode(),
         "redis": cfg.redis.as_ref().map(|r| json!({
             "url": r.url,
+            "cluster": r.cluster,
             "ca_certs": r.ca_certs,
             "certfile": r.certfile,
             "keyfile": r.keyfile,
@@ -157,6 +218,8 @@ pub fn describe(cfg: &LimiterConfig, extra: &Map<String, Value>) -> Value {
         "by_tenant": limits_json(&dims.by_tenant),
         "by_tool": tools,
         "extra": extra,
+        "ignored": ignored.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+        "ignored_note": describe_ignored(ignored),
         "effective": cfg.effective(),
     })
 }

@@ -4,9 +4,10 @@
 //! future resolved on the event loop's own thread; see [`completer`]). Both answer with the compact
 //! tuple documented in [`convert`].
 //!
-//! Memory-backend counters are process-wide ([`registry`]): every engine whose limits are
-//! configured the same shares one store for the life of the process, so the gateway's per-context
-//! plugin instances and its 30 s rebuilds neither split nor reset a user's quota.
+//! Memory-backend counters are process-wide ([`registry`]): one bounded store per process, keyed
+//! by cell (prefix, tenant, algorithm, window, dimension, identity), so the gateway's per-context
+//! plugin instances, its 30 s rebuilds and configuration edits neither split nor reset a user's
+//! quota, and nothing is kept per configuration.
 
 mod compiled;
 mod completer;
@@ -84,7 +85,9 @@ pub struct Engine {
     headers: HeaderFormat,
     fail_mode: FailMode,
     store: StoreKind,
-    fingerprint: String,
+    /// Memory backend: the bound of the store in use (the process-wide store's is the first
+    /// engine's `memory_max_keys`, see [`registry`]); Redis: the configured value (unused).
+    store_max_keys: usize,
     closed: Mutex<bool>,
     /// Release the GIL around the memory check (see [`Engine::check`]; off by default, kept so
     /// the benchmark can compare both in one run).
@@ -118,16 +121,19 @@ impl Engine {
     #[new]
     #[pyo3(signature = (config_json, clock = None, release_gil = false))]
     fn new(config_json: &str, clock: Option<&ManualClock>, release_gil: bool) -> PyResult<Self> {
-        let (cfg, _extra) = compiled::load(config_json).map_err(config_error)?;
-        let dims = compiled::dimensions(&cfg);
-        let fingerprint = compiled::fingerprint(&cfg, &dims);
+        let cfg = compiled::load(config_json).map_err(config_error)?.cfg;
+        let mut store_max_keys = cfg.memory_max_keys;
         let store = match cfg.backend {
             Backend::Memory => StoreKind::Memory(match clock {
                 Some(c) => {
                     let clk: Arc<dyn Clock> = c.inner.clone();
                     Arc::new(MemoryStore::new(cfg.memory_max_keys, clk))
                 }
-                None => registry::memory_store(&fingerprint, cfg.memory_max_keys),
+                None => {
+                    let shared = registry::memory_store(cfg.memory_max_keys);
+                    store_max_keys = shared.max_keys;
+                    shared.store
+                }
             }),
             Backend::Redis => StoreKind::Redis(RedisBackend::new(
                 &cfg,
@@ -145,7 +151,7 @@ impl Engine {
             headers,
             fail_mode,
             store,
-            fingerprint,
+            store_max_keys,
             closed: Mutex::new(false),
             release_gil,
         })
@@ -160,10 +166,12 @@ impl Engine {
         }
     }
 
-    /// The fingerprint of the limits (equal fingerprints share memory counters).
+    /// Memory backend: the bound of the store in use. For the process-wide store this is the
+    /// `memory_max_keys` of the first engine that created it, which may differ from this
+    /// engine's own (the plugin then logs a WARN).
     #[getter]
-    fn fingerprint(&self) -> &str {
-        &self.fingerprint
+    fn store_max_keys(&self) -> usize {
+        self.store_max_keys
     }
 
     /// Whether `by_user_per_server` is configured.
@@ -289,12 +297,13 @@ impl Engine {
 
 /// Validate a plugin config (JSON text) and describe the compiled policy as JSON text: limits per
 /// dimension (as the core compiled them), key prefix, algorithm, header format, fail mode, backend,
-/// Redis settings, the plugin's own keys (`extra`) and the limits' fingerprint. Raises
+/// Redis settings, the plugin's own keys (`extra`) and the unknown keys ignored (`ignored`, and
+/// `ignored_note` naming them with a likely correction; see [`compiled::load`]). Raises
 /// `ValueError` naming the key and value.
 #[pyfunction]
 fn compile_config(config_json: &str) -> PyResult<String> {
-    let (cfg, extra) = compiled::load(config_json).map_err(config_error)?;
-    Ok(compiled::describe(&cfg, &extra).to_string())
+    let loaded = compiled::load(config_json).map_err(config_error)?;
+    Ok(compiled::describe(&loaded).to_string())
 }
 
 /// The Redis script of the core's Redis store (empty when built without Redis support).

@@ -55,7 +55,10 @@ def test_defaults_match_the_peer():
         ({"backend": "reddis"}, ["backend", "reddis"]),
         ({"fail_mode": "clsoed"}, ["fail_mode", "clsoed"]),
         ({"backend": "redis"}, ["redis_url"]),
-        ({"by_usr": "1/s"}, ["by_usr", "by_user"]),
+        # an unknown key alone: ignored, so no limit is left, and the error says why
+        ({"by_usr": "1/s"}, ["no limit is configured", '"by_usr" (did you mean "by_user"?)']),
+        ({"by_usr": "1/s", "strict": True}, ["by_usr", "by_user"]),
+        ({"by_user": "1/s", "strict": "yes"}, ["strict", "yes"]),
         ({"by_tool": {"Echo": "1/s", "echo ": "2/s"}}, ["by_tool", "Echo", "echo "]),
         ({"engine": "go", "by_user": "1/s"}, ["engine", "go"]),
         ({"limits": [{"name": "k", "descriptors": ["a"], "rate": "1/s"}]}, ["limits"]),
@@ -86,6 +89,26 @@ def test_redis_fallback_is_accepted_and_warned(caplog):
         _, c, _ = load_config({"by_user": "1/s", "redis_fallback": True})
     assert "redis_fallback" in caplog.text
     assert c["extra"] == {"redis_fallback": True}
+
+
+def test_unknown_keys_are_ignored_with_a_warn_unless_strict(caplog):
+    """As the peer: an unknown key is a WARN naming it (with the likely key), the rest of the
+    config is in force; strict: true refuses it. Said once per process, not per instance."""
+    cfg = {"by_user": "3/m", "by_tenat": "9/m", "zz_unknown_option": 1}
+    with caplog.at_level(logging.WARNING, logger="ratewall.gateway"):
+        _, c, _ = load_config(cfg)
+        load_config(cfg)
+    assert c["by_user"] == [[3, 60, "by_user"]] and c["by_tenant"] == []
+    assert c["ignored"] == ["by_tenat", "zz_unknown_option"]
+    lines = [r for r in caplog.records if "unknown config key" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelname == "WARNING"
+    assert '"by_tenat" (did you mean "by_tenant"?), "zz_unknown_option"' in lines[0].getMessage()
+    assert "strict: true" in lines[0].getMessage()
+    with pytest.raises(ValueError, match='by_tenat.*did you mean "by_tenant"'):
+        load_config(dict(cfg, strict=True))
+    # strict only concerns unknown keys: known keys' bad values are errors either way
+    with pytest.raises(ValueError, match="by_user"):
+        load_config({"by_user": "3/fortnight", "strict": False})
 
 
 def test_empty_and_none_config():

@@ -58,8 +58,9 @@ EXT = Extensions(request=RequestExtension(request_id="req-1", trace_id="0af76519
 
 def configs(redis_server, engine):
     memory = {"by_user": "2/m", "by_tool": {"search": "100/m"}, "engine": engine,
-              # distinct limits: this test's own process-wide store
-              "by_tenant": f"{50 + len(engine)}/m"}
+              "by_tenant": "50/m",
+              # this test's own cells in the process-wide store
+              "redis_key_prefix": f"fwm-{engine}"}
     redis = dict(memory, backend="redis", redis_url=redis_server.url,
                  redis_key_prefix=f"fw-{engine}", redis_timeout_ms=2000)
     return {"memory": memory, "redis": redis}
@@ -94,7 +95,7 @@ async def test_sequential_enforces(tmp_path, redis_server, engine, backend):
 @pytest.mark.parametrize("backend", ["memory", "redis"])
 async def test_permissive_lets_requests_through(tmp_path, redis_server, engine, backend):
     cfg = configs(redis_server, engine)[backend]
-    cfg = dict(cfg, by_user="1/m", redis_key_prefix=f"fwp-{engine}")
+    cfg = dict(cfg, by_user="1/m", redis_key_prefix=f"fwp-{backend}-{engine}")
     pm = await manager(write_config(tmp_path, "permissive", cfg))
     try:
         payload = ToolPreInvokePayload(name="search", args={})

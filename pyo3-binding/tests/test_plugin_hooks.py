@@ -172,8 +172,9 @@ async def test_ietf_headers(engine):
 
 
 async def test_shared_counters_across_instances_and_rebuilds(engine):
-    # Distinct limits so this test owns its process-wide store.
-    cfg = {"by_user": "3/h", "by_tool": {"shared-counter-test": "1000/h"}, "engine": engine}
+    # Its own key prefix: this test's cells in the process-wide store.
+    cfg = {"by_user": "3/h", "by_tool": {"shared-counter-test": "1000/h"}, "engine": engine,
+           "redis_key_prefix": f"shared-{engine}"}
     a, b = make_plugin(cfg), make_plugin(cfg)
     await a.initialize(); await b.initialize()
     assert (await a.tool_pre_invoke(tool(), ctx(user="u-shared"))).http_headers["X-RateLimit-Remaining"] == "2"
@@ -183,15 +184,19 @@ async def test_shared_counters_across_instances_and_rebuilds(engine):
     await c.initialize()
     assert (await c.tool_pre_invoke(tool(), ctx(user="u-shared"))).http_headers["X-RateLimit-Remaining"] == "0"
     assert not (await c.tool_pre_invoke(tool(), ctx(user="u-shared"))).continue_processing
-    # different limits: a different store
+    # an edited limit keeps the cell's usage (3 of 4 used), as the check service does
     d = make_plugin(dict(cfg, by_user="4/h"))
-    assert (await d.tool_pre_invoke(tool(), ctx(user="u-shared"))).continue_processing
-    await c.shutdown(); await d.shutdown()
+    assert (await d.tool_pre_invoke(tool(), ctx(user="u-shared"))).http_headers["X-RateLimit-Remaining"] == "0"
+    assert not (await d.tool_pre_invoke(tool(), ctx(user="u-shared"))).continue_processing
+    # another prefix: other cells
+    e = make_plugin(dict(cfg, redis_key_prefix=f"shared-other-{engine}"))
+    assert (await e.tool_pre_invoke(tool(), ctx(user="u-shared"))).http_headers["X-RateLimit-Remaining"] == "2"
+    await c.shutdown(); await d.shutdown(); await e.shutdown()
 
 
 async def test_engines_do_not_share_python_and_rust_state():
     # Same config, different engines: each engine keeps its own process-wide store.
-    cfg = {"by_user": "1/h", "by_tool": {"engine-separation": "9/h"}}
+    cfg = {"by_user": "1/h", "by_tool": {"engine-separation": "9/h"}, "redis_key_prefix": "sep"}
     r = make_plugin(dict(cfg, engine="rust"))
     p = make_plugin(dict(cfg, engine="python"))
     assert (await r.tool_pre_invoke(tool(), ctx(user="sep"))).continue_processing

@@ -151,7 +151,7 @@ async def test_python_stores_agree_on_per_cell_cost_and_shadow(redis_server, alg
     compiled = json.loads(compile_config(json.dumps(cfg)))
     clock = ManualClock(T0)
     py = PythonEngine(compiled, redis_script(), clock.now_micros)
-    memory = MemoryStore(algorithm, 10_000, clock.now_micros)
+    memory = MemoryStore(10_000, clock.now_micros)
     redis_store: RedisStore = py.redis
     rng = random.Random(7)
     shadow_denied = checks_only = 0
@@ -165,7 +165,7 @@ async def test_python_stores_agree_on_per_cell_cost_and_shadow(redis_server, alg
                      for c in plan.cells]
             plan = plan._replace(cells=cells)
             before = copy.deepcopy(memory.cells)
-            m = memory.check(plan)
+            m = memory.check(plan, algorithm)
             r = await redis_store.check(plan)
             assert m == r, f"step {i}: memory {m} != redis {r}"
             assert m.allowed == all(d.outcome.allowed for d in m.dimensions if not d.shadow)

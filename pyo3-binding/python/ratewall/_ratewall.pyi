@@ -47,7 +47,9 @@ class Engine:
     @property
     def backend(self) -> str: ...
     @property
-    def fingerprint(self) -> str: ...
+    def store_max_keys(self) -> int:
+        """Memory backend: the bound of the store in use (the process-wide store keeps the
+        first engine's ``memory_max_keys``)."""
     @property
     def per_server(self) -> bool: ...
     def check(

@@ -16,16 +16,25 @@ Configure it like the peer, changing only the ``kind:`` line::
         engine: rust                         # or python; env RATEWALL_ENGINE overrides
 
 Every key of the peer keeps its meaning (the core's schema: ``docs/CONFIG.md``); config errors
-raise ``ValueError`` at construction, naming the key and the value.
+raise ``ValueError`` at construction, naming the key and the value (run the gateway with
+``PLUGINS_FAIL_ON_PLUGIN_ERROR=true`` so that such an error stops it instead of running it
+without the plugin).
 
 Hot path: one Rust call per hook (``Engine.check`` for memory, with the GIL held: ~0.3 us of
 Rust, cheaper than a GIL hand-off between threads;
 ``Engine.check_async`` for Redis, an asyncio future resolved on the loop's own thread, see
 ``ratewall._ratewall.Completer``). Python only extracts the context and wraps the answer.
 
-Memory-backend counters are process-wide, shared by every instance configured with the same
-limits, and survive the gateway's per-context instances and 30 s rebuilds; ``shutdown``
-releases connections, never counters.
+Memory-backend counters live in one bounded store per process (``src/registry.rs``), keyed by
+cell (key prefix, tenant, algorithm, window, dimension, identity): they survive the gateway's
+per-context instances, its 30 s rebuilds and config edits (an unchanged rule keeps its usage),
+and nothing is kept per configuration. The store's bound is the first instance's
+``memory_max_keys`` (another value is logged at WARN). ``shutdown`` releases connections, never
+counters.
+
+Unknown config keys are ignored with a WARN naming them (as the peer), unless ``strict: true``;
+invalid values of known keys raise. Per-request failure lines are throttled process-wide to one
+a second, each stating how many lines it stands for.
 """
 
 from __future__ import annotations
@@ -104,6 +113,13 @@ def load_config(config: Optional[Mapping[str, Any]]) -> tuple[str, dict, str]:
         raise ValueError(f"invalid rate limiter config: <root>: {e}") from None
     compiled = json.loads(compile_config(text))
     engine = _engine_choice(config)
+    if compiled["ignored"]:
+        _warn_once(
+            ("ignored", compiled["ignored_note"]),
+            "rate limiter: unknown config key(s) ignored: %s; every other setting is in force "
+            "(set strict: true to refuse unknown keys)",
+            compiled["ignored_note"],
+        )
     if "redis_fallback" in config:
         log.warning(
             "rate limiter: redis_fallback=%r is ignored: ratewall never falls back to "
@@ -230,14 +246,24 @@ _prompt_result = _fast_factory(PromptPrehookResult)
 
 
 # --------------------------------------------------------------------------------------------
-# Logging of failures: at most one line per second per plugin, counting the rest
+# Logging of per-request failures: at most one line per second per process, counting the rest
 # --------------------------------------------------------------------------------------------
 
 
-class _LogLimiter:
-    def __init__(self) -> None:
+class _LogThrottle:
+    """Per-request failure lines (a Redis outage, a refused context) for the whole process, both
+    engines and every plugin instance (the gateway keeps one per context and rebuilds them):
+    the first line of an interval is logged at once; the others in that interval are counted,
+    and the count is logged when the interval ends (a timer on the running event loop) or, if
+    there is no loop, by the next line, or at shutdown. So an outage logs about one line per
+    second, each stating how many it stands for, and no failure goes uncounted."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
         self.next = 0.0
         self.suppressed = 0
+        self.last: Optional[tuple] = None  # (msg, args) of the latest suppressed line
+        self.flush_loop: Any = None  # the loop a pending flush is scheduled on
         self.lock = threading.Lock()
 
     def warn(self, msg: str, *args: Any) -> None:
@@ -245,10 +271,53 @@ class _LogLimiter:
         with self.lock:
             if now < self.next:
                 self.suppressed += 1
+                self.last = (msg, args)
+                if self.flush_loop is None or self.flush_loop.is_closed():
+                    try:
+                        loop = _get_running_loop()
+                    except RuntimeError:  # no loop: the next line (or shutdown) reports it
+                        return
+                    self.flush_loop = loop
+                    loop.call_later(self.next - now, self.flush)
                 return
-            self.next = now + 1.0
+            self.next = now + self.interval
             n, self.suppressed = self.suppressed, 0
-        log.warning(msg + (" (%d similar suppressed)" if n else ""), *args, *((n,) if n else ()))
+            self.last = None
+        if n:
+            log.warning(msg + " (and %d similar lines suppressed)", *args, n)
+        else:
+            log.warning(msg, *args)
+
+    def flush(self) -> None:
+        """Log the count of lines suppressed so far (if any) and start a new interval."""
+        with self.lock:
+            self.flush_loop = None
+            n, self.suppressed = self.suppressed, 0
+            last, self.last = self.last, None
+            if n:
+                self.next = time.monotonic() + self.interval
+        if n and last is not None:
+            msg, args = last
+            log.warning(
+                "rate limiter: %d similar lines suppressed in the last %.0f s; latest: " + msg,
+                n, self.interval, *args,
+            )
+
+
+_FAILURES = _LogThrottle()
+
+# Configuration WARNs already logged (the gateway builds an instance per context and rebuilds it
+# every 30 s: say each once per process).
+_WARNED: set = set()
+_WARNED_LOCK = threading.Lock()
+
+
+def _warn_once(key: Any, msg: str, *args: Any) -> None:
+    with _WARNED_LOCK:
+        if key in _WARNED:
+            return
+        _WARNED.add(key)
+    log.warning(msg, *args)
 
 
 # --------------------------------------------------------------------------------------------
@@ -318,7 +387,17 @@ class RateLimiterPlugin(Plugin):
             self._async = self._engine.check_async
         self._rust_async = engine == "rust"
         self._backend_meta = self.backend
-        self._errors = _LogLimiter()
+        self._errors = _FAILURES
+        if self.backend == "memory" and clock is None:
+            wanted, used = compiled["memory_max_keys"], self._engine.store_max_keys
+            if wanted != used:
+                _warn_once(
+                    ("memory_max_keys", engine, wanted, used),
+                    "rate limiter: memory_max_keys=%d is not applied: the process-wide memory "
+                    "store (%s engine) was created with memory_max_keys=%d by the first instance, "
+                    "and that bound stays in force for the life of the process",
+                    wanted, engine, used,
+                )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -335,6 +414,7 @@ class RateLimiterPlugin(Plugin):
 
     async def shutdown(self) -> None:
         """Release the Redis connection. Memory counters are process-wide and stay."""
+        self._errors.flush()
         self._engine.close()
         aclose = getattr(self._engine, "aclose", None)
         if aclose is not None:

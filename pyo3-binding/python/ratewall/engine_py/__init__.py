@@ -21,18 +21,20 @@ from .policy import ContextError, Policy
 
 __all__ = ["PythonEngine"]
 
-_STORES: dict[str, MemoryStore] = {}
-_STORES_LOCK = threading.Lock()
+_STORE: Optional[MemoryStore] = None
+_STORE_LOCK = threading.Lock()
 _CLOCK = SystemClock()
 
 
-def _shared_store(fingerprint: str, algorithm: str, max_keys: int) -> MemoryStore:
-    """Process-wide memory store for these limits (see ``ratewall.gateway``)."""
-    with _STORES_LOCK:
-        store = _STORES.get(fingerprint)
-        if store is None:
-            store = _STORES[fingerprint] = MemoryStore(algorithm, max_keys, _CLOCK)
-        return store
+def _shared_store(max_keys: int) -> MemoryStore:
+    """The process-wide memory store, created by the first engine with its ``max_keys`` (as the
+    Rust engine's ``src/registry.rs``: one bounded store per process, cells keyed by prefix,
+    tenant, algorithm, window, dimension and identity, so edits keep unchanged rules' usage)."""
+    global _STORE
+    with _STORE_LOCK:
+        if _STORE is None:
+            _STORE = MemoryStore(max_keys, _CLOCK)
+        return _STORE
 
 
 class PythonEngine:
@@ -44,18 +46,18 @@ class PythonEngine:
         self.policy = Policy(compiled)
         self.headers = compiled["headers"]
         self.fail_mode = compiled["fail_mode"]
-        self.fingerprint = compiled["fingerprint"]
+        self.algorithm = compiled["algorithm"]
         self.backend = compiled["backend"]
         self.per_server = self.policy.has_per_server
         self.memory: Optional[MemoryStore] = None
         self.redis = None
+        self.store_max_keys = compiled["memory_max_keys"]
         if self.backend == "memory":
             if clock is not None:
-                self.memory = MemoryStore(compiled["algorithm"], compiled["memory_max_keys"], clock)
+                self.memory = MemoryStore(compiled["memory_max_keys"], clock)
             else:
-                self.memory = _shared_store(
-                    self.fingerprint, compiled["algorithm"], compiled["memory_max_keys"]
-                )
+                self.memory = _shared_store(compiled["memory_max_keys"])
+                self.store_max_keys = self.memory.max_keys
         else:
             from .redis_store import RedisStore
 
@@ -85,7 +87,7 @@ class PythonEngine:
             plan = self.policy.plan(user, tenant, server, tool, per_server)
         except ContextError as e:
             return (5, None, (e.field, e.message))
-        return self._answer(self.memory.check(plan))
+        return self._answer(self.memory.check(plan, self.algorithm))
 
     async def check_async(self, _completer, user, tenant, server, tool, per_server) -> tuple:
         if self.memory is not None:

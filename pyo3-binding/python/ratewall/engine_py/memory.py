@@ -1,5 +1,8 @@
 """The in-process store: a dict of cell states under one lock, all-or-nothing per request.
 
+Cells of every algorithm share one store (each key names its algorithm); the caller passes the
+plan's algorithm.
+
 Same decisions as the Rust ``MemoryStore`` (it reads "now" after taking the lock, peeks every
 cell at its own cost, and commits the cells that ``Decision.commits``: all-or-nothing over the
 enforced cells). Bounded by ``max_keys``: an insertion into a full
@@ -17,8 +20,7 @@ from .policy import Plan
 
 
 class MemoryStore:
-    def __init__(self, algorithm: str, max_keys: int, clock: Callable[[], int]) -> None:
-        self.algorithm = ALGORITHMS[algorithm]
+    def __init__(self, max_keys: int, clock: Callable[[], int]) -> None:
         self.max_keys = max_keys
         self.clock = clock
         self.cells: dict[str, list] = {}  # key -> [state, expires_at]
@@ -35,8 +37,8 @@ class MemoryStore:
             del self.cells[next(iter(self.cells))]
             self.evictions += 1
 
-    def check(self, plan: Plan) -> Decision:
-        alg = self.algorithm
+    def check(self, plan: Plan, algorithm: str) -> Decision:
+        alg = ALGORITHMS[algorithm]
         with self.lock:
             now = self.clock()
             if not plan.cells:

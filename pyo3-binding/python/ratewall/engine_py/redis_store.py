@@ -6,6 +6,14 @@ The script's header documents the call: ``KEYS`` = the plan's cell keys, ``ARGV`
 empty for the server's ``TIME``), then (algorithm, count, window, cost, shadow) per cell; the reply is
 ``[admitted, now, (allowed, remaining, reset_at, retry_at or -1) per cell]``, combined here
 exactly like the core's ``Decision::combine``.
+
+``redis_cluster: true``: ``redis.asyncio.cluster.RedisCluster`` on the comma-separated seed
+nodes. Every key of a request carries the tenant's hash tag (``{...}``), so the one script call
+goes to the node owning that slot (redis-py refuses a call whose keys span slots).
+
+TLS (``rediss://``): the certificate chain is always verified (``ssl_cert_reqs="required"``,
+against ``redis_ssl_ca_certs`` or the system roots); ``redis_ssl_check_hostname: false`` skips
+only the hostname comparison, as in the Rust engine.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from typing import Callable, Optional
+from urllib.parse import unquote, urlsplit
 
 from .algorithms import Outcome
 from .decision import Decision
@@ -40,29 +49,55 @@ class RedisStore:
         self.round_trips = 0
         self.errors = 0
 
+    def _tls_kwargs(self) -> dict:
+        s = self.settings
+        if not s["url"].startswith("rediss://"):
+            return {}
+        kwargs: dict = {"ssl_cert_reqs": "required", "ssl_check_hostname": s.get("check_hostname", True)}
+        if s.get("ca_certs"):
+            kwargs["ssl_ca_certs"] = s["ca_certs"]
+        if s.get("certfile"):
+            kwargs["ssl_certfile"] = s["certfile"]
+            kwargs["ssl_keyfile"] = s["keyfile"]
+        return kwargs
+
+    def _new_client(self):
+        s = self.settings
+        kwargs = {
+            "socket_timeout": max(self.timeout, 0.001),
+            "socket_connect_timeout": max(self.timeout, 1.0),
+            **self._tls_kwargs(),
+        }
+        if not s.get("cluster"):
+            import redis.asyncio as aioredis
+
+            return aioredis.Redis.from_url(s["url"], **kwargs)
+        from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+        nodes = []
+        username = password = None
+        for part in s["url"].split(","):
+            u = urlsplit(part.strip())
+            if u.hostname is None:
+                raise ValueError(f"redis_url: seed node {part.strip()!r} has no host")
+            nodes.append(ClusterNode(u.hostname, u.port or 6379))
+            if u.password is not None and password is None:
+                username = unquote(u.username) if u.username else None
+                password = unquote(u.password)
+        if kwargs.pop("ssl_cert_reqs", None) is not None:
+            kwargs["ssl"] = True
+            kwargs["ssl_cert_reqs"] = "required"
+        return RedisCluster(
+            startup_nodes=nodes, username=username, password=password, **kwargs
+        )
+
     def _client(self):
         loop = asyncio.get_running_loop()
         client = self.clients.get(loop)
         if client is None:
-            import redis.asyncio as aioredis
-
-            s = self.settings
-            kwargs = {
-                "socket_timeout": max(self.timeout, 0.001),
-                "socket_connect_timeout": max(self.timeout, 1.0),
-            }
-            if s["url"].startswith("rediss://"):
-                if s.get("ca_certs"):
-                    kwargs["ssl_ca_certs"] = s["ca_certs"]
-                if s.get("certfile"):
-                    kwargs["ssl_certfile"] = s["certfile"]
-                    kwargs["ssl_keyfile"] = s["keyfile"]
-                if not s.get("check_hostname", True):
-                    kwargs["ssl_check_hostname"] = False
-                    kwargs["ssl_cert_reqs"] = "none"
             for old in [lp for lp in self.clients if lp.is_closed()]:
                 del self.clients[old]
-            client = aioredis.Redis.from_url(s["url"], **kwargs)
+            client = self._new_client()
             self.clients[loop] = client
         return client
 
