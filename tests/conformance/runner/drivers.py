@@ -316,7 +316,7 @@ class ServiceAuthzDriver(Driver):
         for key, header in (("user", "x-user-id"), ("tenant", "x-tenant-id"), ("tool", "x-mcp-tool"),
                             ("server", "x-mcp-server"), ("cost", "x-rw-cost")):
             if key in req:
-                h[header] = str(req[key])
+                h[header] = str(req[key]).strip()  # HTTP drops surrounding whitespace
         for n, v in (req.get("descriptors") or {}).items():
             h[descriptor_header(n)] = v
         r = self.session.get(self.proc.url + "/authz/api", headers=h, timeout=10)
@@ -382,7 +382,7 @@ class EnvoyDriver(Driver):
         h = {}
         for key, header in (("user", "x-user-id"), ("tenant", "x-tenant-id"), ("server", "x-server-id")):
             if key in req:
-                h[header] = req[key]
+                h[header] = req[key].strip()  # HTTP drops surrounding whitespace
         for n, v in (req.get("descriptors") or {}).items():
             h[descriptor_header(n)] = v
         url = f"http://127.0.0.1:{self.port}/direct"
@@ -413,6 +413,7 @@ class RlsDriver(Driver):
 
     packaging = "rls"
     features = frozenset({"rls", "redis_down"})
+    http_names = True  # response_headers_to_add: Envoy adds them to an HTTP response
 
     def __init__(self, backend: str, process: Optional[ServiceProcess]):
         self.backend = backend
