@@ -160,3 +160,22 @@ def test_every_scenario_runs_somewhere_and_every_driver_runs_something():
         assert len(runs) >= 2, f"{sc.name} runs through {runs} only"
         used |= set(runs)
     assert used == {d.name for d in DRIVERS}, {d.name for d in DRIVERS} - used
+
+
+def matrix_rows() -> list[str]:
+    rows = ["| scenario | " + " | ".join(d.name for d in DRIVERS) + " |", "|---|" + "---|" * len(DRIVERS)]
+    for sc in SCENARIOS:
+        if sc.cross:
+            via = {s.via for s in sc.requests}
+            cells = ["x" if d.name in via else "—" for d in DRIVERS]
+        else:
+            cells = [("xfail" if d.name in sc.xfail else "x") if d.can_run(sc) is None else "—" for d in DRIVERS]
+        rows.append(f"| {sc.name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_the_matrix_in_docs_is_the_suite():
+    """docs/CONFORMANCE.md's table is what the suite runs (regenerate it from matrix_rows())."""
+    text = (rg.ROOT / "docs" / "CONFORMANCE.md").read_text()
+    table = text.split("<!-- matrix:start -->\n", 1)[1].split("<!-- matrix:end -->", 1)[0]
+    assert table.strip().splitlines() == matrix_rows(), "\n".join(matrix_rows())
