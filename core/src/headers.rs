@@ -6,8 +6,8 @@
 //!   draft-ietf-httpapi-ratelimit-headers-10 (September 2025; introduced in -08). Revision -11
 //!   (May 2026) is the newest; its text could not be re-checked here, so verify it before relying
 //!   on a change there:
-//!   `RateLimit-Policy: "user";q=100;w=60, "tool:echo";q=5;w=1` lists every policy that applied
-//!   and `RateLimit: "user";r=42;t=17` gives the remaining quota `r` and seconds to reset `t` of
+//!   `RateLimit-Policy: "by_user";q=100;w=60, "tool:echo";q=5;w=1` lists every policy that applied
+//!   and `RateLimit: "by_user";r=42;t=17` gives the remaining quota `r` and seconds to reset `t` of
 //!   the reported one; plus `Retry-After` when denied.
 //! * `both`: the legacy set then the IETF set (one `Retry-After`). `none`: nothing.
 //!

@@ -176,7 +176,7 @@ pub struct Cell {
     pub algorithm: Algorithm,
     /// Dimension kind.
     pub dimension: DimensionKind,
-    /// Policy name for headers and metrics (`user`, `tenant`, `tool:echo`, a descriptor limit's
+    /// Policy name for headers and metrics (`by_user`, `by_tenant`, `tool:echo`, a descriptor limit's
     /// name; `-<window>s` appended when a dimension has several limits). Configured, so bounded.
     pub name: PolicyName,
     /// Units this cell consumes: `0` checks without consuming (RLS `hits_addend: 0`). Stores
