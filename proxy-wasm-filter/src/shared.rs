@@ -5,19 +5,24 @@
 //! proxy-wasm 0.2 shared data is a process-wide map per VM id with `get` (value + CAS token) and
 //! `set` (optionally conditional on the CAS token), and no delete or list. Keys written once stay
 //! forever, so cells are **not** stored one per key: the table has a fixed number of slots
-//! (`ratewall:v1:<slots>:<i>`), created once at configure time. A cell key (the core's storage key)
+//! (`ratewall:v2:<slots>:<i>`), created once at configure time. A cell key (the core's storage key)
 //! hashes (SipHash-1-3 keyed with a per-process random seed, see [`SlotSeed`]) to one slot; a slot
 //! value holds up to [`SLOT_CAPACITY`] cells plus a lock word:
 //!
 //! ```text
 //! slot  = lock:u64le  entry*
-//! entry = key_len:u16le key expires_at:u64le state_len:u32le state   (state = CellState::to_bytes)
+//! entry = key_len:u16le key expires_at:u64le count:u32le window_secs:u32le state_len:u32le state
+//!                                                              (state = CellState::to_bytes)
 //! ```
 //!
 //! The key space is therefore bounded by `slots` shared-data keys of bounded size, whatever the
 //! traffic. When a cell is written its slot drops every expired entry; when a slot is still full
-//! the live entry closest to expiry is evicted (its usage is forgotten, as in the memory store);
-//! a tick sweeps a few slots per worker to drop expired entries of idle slots.
+//! the entry closest to fresh is evicted: the lowest [`Usage`] (share of its limit consumed now,
+//! from its state and its stored limit), then the soonest expiry, never a cell of the request.
+//! So a cell that denies is never evicted while its slot holds one with room, and a flood of
+//! fresh identities evicts its own kind (as in the memory store). A tick sweeps a few slots per
+//! worker to drop expired entries of idle slots. (Format v2 added the limit; v1 slots, keyed
+//! apart, are never read.)
 //!
 //! # Atomicity: all cells of a request or none
 //!
@@ -40,8 +45,9 @@
 
 use std::borrow::Cow;
 
-use ratewall_core::algorithm::CellState;
+use ratewall_core::algorithm::{CellState, Usage};
 use ratewall_core::clock::Micros;
+use ratewall_core::config::rate::Limit;
 use ratewall_core::config::Plan;
 use ratewall_core::store::{apply_batch, StoreError};
 use ratewall_core::Decision;
@@ -75,7 +81,24 @@ pub trait SharedData {
 struct Entry<'a> {
     key: Cow<'a, str>,
     expires_at: Micros,
+    /// The cell's limit (count, window in seconds), for its [`Usage`] on eviction.
+    limit: (u32, u32),
     state: Cow<'a, [u8]>,
+}
+
+impl Entry<'_> {
+    /// How close to fresh the entry is at `now` (lower is evicted first); a state or limit this
+    /// version cannot read ranks as fresh (it is garbage either way).
+    fn rank(&self, now: Micros) -> (Usage, Micros) {
+        let usage = match (
+            CellState::from_bytes(&self.state),
+            Limit::new(u64::from(self.limit.0), u64::from(self.limit.1)),
+        ) {
+            (Some(state), Ok(limit)) => state.usage(now, &limit),
+            _ => Usage::FRESH,
+        };
+        (usage, self.expires_at)
+    }
 }
 
 /// A decoded slot.
@@ -94,11 +117,13 @@ impl<'a> Slot<'a> {
             let klen = usize::from(r.u16()?);
             let key = std::str::from_utf8(r.take(klen)?).ok()?;
             let expires_at = r.u64()?;
+            let limit = (r.u32()?, r.u32()?);
             let slen = usize::try_from(r.u32()?).ok()?;
             let state = r.take(slen)?;
             entries.push(Entry {
                 key: Cow::Borrowed(key),
                 expires_at,
+                limit,
                 state: Cow::Borrowed(state),
             });
         }
@@ -115,6 +140,7 @@ impl<'a> Slot<'a> {
                 .map(|e| Entry {
                     key: Cow::Owned(e.key.into_owned()),
                     expires_at: e.expires_at,
+                    limit: e.limit,
                     state: Cow::Owned(e.state.into_owned()),
                 })
                 .collect(),
@@ -125,7 +151,7 @@ impl<'a> Slot<'a> {
         let size: usize = 8 + self
             .entries
             .iter()
-            .map(|e| 14 + e.key.len() + e.state.len())
+            .map(|e| 22 + e.key.len() + e.state.len())
             .sum::<usize>();
         let mut out = Vec::with_capacity(size);
         out.extend_from_slice(&self.lock.to_le_bytes());
@@ -140,6 +166,8 @@ impl<'a> Slot<'a> {
             out.extend_from_slice(&klen.to_le_bytes());
             out.extend_from_slice(e.key.as_bytes());
             out.extend_from_slice(&e.expires_at.to_le_bytes());
+            out.extend_from_slice(&e.limit.0.to_le_bytes());
+            out.extend_from_slice(&e.limit.1.to_le_bytes());
             out.extend_from_slice(&slen.to_le_bytes());
             out.extend_from_slice(&e.state);
         }
@@ -164,18 +192,20 @@ impl<'a> Slot<'a> {
         before - self.entries.len()
     }
 
-    /// Store `key`'s new state, evicting the live entry closest to expiry (never a `protected`
-    /// one) when the slot is full. Returns whether a live entry was evicted.
+    /// Store `key`'s new state (with its limit), evicting the entry closest to fresh at `now`
+    /// (lowest usage, then soonest expiry; never a `protected` one) when the slot is full.
+    /// Returns whether a live entry was evicted.
     fn put(
         &mut self,
         key: &'a str,
-        state: Vec<u8>,
-        expires_at: Micros,
+        (state, expires_at, limit): (Vec<u8>, Micros, (u32, u32)),
+        now: Micros,
         protected: &dyn Fn(&str) -> bool,
     ) -> bool {
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == key) {
             e.state = Cow::Owned(state);
             e.expires_at = expires_at;
+            e.limit = limit;
             return false;
         }
         let mut evicted = false;
@@ -185,7 +215,7 @@ impl<'a> Slot<'a> {
                 .iter()
                 .enumerate()
                 .filter(|(_, e)| !protected(&e.key))
-                .min_by_key(|(_, e)| e.expires_at)
+                .min_by_key(|(_, e)| e.rank(now))
                 .map(|(i, _)| i);
             if let Some(i) = victim {
                 self.entries.swap_remove(i);
@@ -195,6 +225,7 @@ impl<'a> Slot<'a> {
         self.entries.push(Entry {
             key: Cow::Borrowed(key),
             expires_at,
+            limit,
             state: Cow::Owned(state),
         });
         evicted
@@ -323,7 +354,7 @@ impl SlotTable {
         Self {
             slots,
             seed,
-            prefix: format!("ratewall:v1:{slots}:"),
+            prefix: format!("ratewall:v2:{slots}:"),
         }
     }
 
@@ -603,7 +634,12 @@ fn decide<'a>(
         let id = table.slot_of(key);
         if let Some((_, slot)) = held.iter_mut().find(|(i, _)| *i == id) {
             let expires_at = state.expires_at(limit);
-            if slot.put(key, state.to_bytes(), expires_at, &protected) {
+            // Limits are at most u32::MAX per 366 days, so both fit; a wider one ranks as fresh.
+            let l = (
+                u32::try_from(limit.count()).unwrap_or(0),
+                u32::try_from(limit.window_secs()).unwrap_or(0),
+            );
+            if slot.put(key, (state.to_bytes(), expires_at, l), now, &protected) {
                 stats.evictions += 1;
             }
         }
@@ -688,8 +724,8 @@ mod tests {
             lock: 42,
             ..Default::default()
         };
-        s.put("a", vec![1, 2, 3], 10, &|_| false);
-        s.put("b", vec![], 20, &|_| false);
+        s.put("a", (vec![1, 2, 3], 10, (5, 60)), 0, &|_| false);
+        s.put("b", (vec![], 20, (1, 1)), 0, &|_| false);
         let bytes = s.encode();
         assert_eq!(Slot::decode(&bytes), Some(s.clone()));
         assert_eq!(Slot::decode(&[]), None);
@@ -707,18 +743,47 @@ mod tests {
     }
 
     #[test]
-    fn eviction_prefers_expired_then_soonest() {
+    fn eviction_prefers_least_used_then_soonest() {
+        // Unreadable states rank as fresh: among them the soonest expiry goes first.
         let keys: Vec<String> = (0..SLOT_CAPACITY).map(|i| format!("k{i}")).collect();
         let mut s = Slot::default();
         for (i, k) in keys.iter().enumerate() {
-            s.put(k, vec![], 100 + i as u64, &|_| false);
+            s.put(k, (vec![], 100 + i as u64, (1, 1)), 0, &|_| false);
         }
-        assert!(s.put("new", vec![], 1000, &|k| k == "k0"));
+        assert!(s.put("new", (vec![], 1000, (1, 1)), 0, &|k| k == "k0"));
         assert!(s.entries.iter().any(|e| e.key == "k0"));
         assert!(!s.entries.iter().any(|e| e.key == "k1"));
         assert_eq!(s.prune(104), 4); // k0, k2, k3, k4
-        assert!(!s.put("k5", vec![9], 2000, &|_| false));
+        assert!(!s.put("k5", (vec![9], 2000, (1, 1)), 0, &|_| false));
         assert_eq!(s.state("k5"), None); // not a CellState encoding
+
+        // Real states: the cell at its limit outlives seven partly used ones that expire later.
+        let limit = Limit::new(10, 3600).unwrap();
+        let state = |uses: u64| {
+            let mut st = ratewall_core::Algorithm::FixedWindow.fresh_state();
+            st.commit(T0, uses, &limit);
+            st.to_bytes()
+        };
+        let mut s = Slot::default();
+        s.put("full", (state(10), T0 + 1_000, (10, 3600)), T0, &|_| false);
+        for i in 0..SLOT_CAPACITY - 1 {
+            let k: &'static str = Box::leak(format!("p{i}").into_boxed_str());
+            s.put(
+                k,
+                (state(1 + i as u64 % 3), T0 + 9_000_000_000, (10, 3600)),
+                T0,
+                &|_| false,
+            );
+        }
+        for i in 0..100 {
+            let k: &'static str = Box::leak(format!("n{i}").into_boxed_str());
+            assert!(
+                s.put(k, (state(1), T0 + 9_000_000_000, (10, 3600)), T0, &|_| {
+                    false
+                })
+            );
+            assert!(s.entries.iter().any(|e| e.key == "full"), "after {i}");
+        }
     }
 
     #[test]

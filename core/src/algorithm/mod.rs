@@ -32,6 +32,9 @@ pub mod gcra;
 pub mod sliding_window;
 pub mod sliding_window_counter;
 pub mod token_bucket;
+pub mod usage;
+
+pub use usage::Usage;
 
 use crate::clock::Micros;
 use crate::config::rate::Limit;

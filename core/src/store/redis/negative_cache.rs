@@ -20,8 +20,12 @@
 //! sent), so a local denial ends no later than Redis's would.
 //!
 //! Bounded: at most `capacity` plans in `SHARDS` mutex-protected maps. A full shard first drops
-//! expired entries; if it is still full, arbitrary entries are evicted down to 7/8 of the shard
-//! capacity (amortised O(1) per insertion), and counted.
+//! expired entries; if it is still full, the entries whose denial ends soonest are evicted down to
+//! 7/8 of the shard capacity (one O(n) selection per `n / 8` insertions: amortised O(1)), and
+//! counted. An entry's worth is the denial it still answers locally; one that ends soonest is the
+//! closest to fresh (once it ends, Redis is asked again either way), so a flood of short denials
+//! (fresh users of an exhausted tenant) never pushes out a long one (a user at an hourly limit).
+//! Evicting an entry never changes a verdict, only costs a round trip.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -233,10 +237,13 @@ impl NegativeCache {
             shard.retain(|_, e| e.dead_after > t);
             if shard.len() >= self.per_shard {
                 let target = self.per_shard - self.per_shard.div_ceil(8);
-                let excess = shard.len() - target.min(shard.len());
-                let victims: Vec<u64> = shard.keys().take(excess.max(1)).copied().collect();
-                for v in victims {
-                    shard.remove(&v);
+                let excess = (shard.len() - target.min(shard.len())).clamp(1, shard.len());
+                // The `excess` denials that end soonest (local estimate, either domain).
+                let mut ends: Vec<(Instant, u64)> =
+                    shard.iter().map(|(h, e)| (e.dead_after, *h)).collect();
+                ends.select_nth_unstable(excess - 1);
+                for (_, v) in &ends[..excess] {
+                    shard.remove(v);
                     self.evictions.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -359,6 +366,24 @@ mod tests {
         }
         assert!(c.len() <= 32, "{}", c.len());
         assert!(c.evictions() > 0);
+    }
+
+    #[test]
+    fn a_long_denial_is_never_evicted_by_shorter_ones() {
+        // 10 x the bound of denials ending within a second do not push out one that ends in an
+        // hour (the cache evicts the soonest-ending first).
+        let c = NegativeCache::new(32);
+        let t = Instant::now();
+        let hour = 3_600_000_000;
+        let victim = plan("victim", 1);
+        c.insert(&victim, &denied(hour), hour, Domain::Client, 0, t, 0);
+        for i in 0..320 {
+            let p = plan(&format!("u{i}"), 1);
+            c.insert(&p, &denied(1_000_000), 1_000_000, Domain::Client, 0, t, 0);
+        }
+        assert!(c.evictions() >= 320 - 32, "{}", c.evictions());
+        assert!(c.len() <= 32, "{}", c.len());
+        assert!(c.lookup(&victim, Domain::Client, 10).is_some());
     }
 
     #[test]

@@ -11,26 +11,28 @@
 //!   and moved its lock word between cores on about every other check (1.27x the throughput of
 //!   one thread, median of 10 paired runs); with ~32 keys per shard, 1.75x, the same as two
 //!   stores sharing nothing (1.76x). A shard is one 64-byte line (2 MiB at 1,000,000 keys, counted
-//!   in the bytes per key of `docs/BENCHMARKS.md`); keys, states and CLOCK bits sit inline in
+//!   in the bytes per key of `docs/BENCHMARKS.md`); keys, states and limits sit inline in
 //!   its table's slots, so a lookup reads the shard line, a control group, a slot and the key.
 //! * **Bounds.** At most `max_keys` cells in the whole store, counted by one atomic that only
 //!   insertions and removals touch (never a check of an existing key). Each insertion first lets
-//!   its shard's CLOCK hand examine up to two entries among the next eight buckets and drop those
-//!   expired for a second or more (incremental reclamation, never a stop-the-world sweep). When
-//!   the store is full, room is made before anything is committed, never from one of the
-//!   request's own cells: first an expired entry, looked for in the shards the request holds and
-//!   then in the next 8 shards (a bounded search: the last few expired entries of a full store
-//!   can be out of its reach); else a cold live entry is evicted by the CLOCK hand of a held
-//!   shard (recently used entries get a second chance: CLOCK ≈ LRU among the shard's keys), or,
-//!   if those shards have nothing to give, of another shard. Other shards are only ever locked
-//!   with `try_lock` (no waiting, so no deadlock). Reclaimed and evicted entries are counted.
+//!   its shard's reclaiming hand examine up to two entries among the next eight buckets and drop
+//!   those expired for a second or more (incremental reclamation, never a stop-the-world sweep).
+//! * **Eviction forgets the least usage** (see [`room`]). When the store is full, room is made
+//!   before anything is committed, never from one of the request's own cells: in the shards the
+//!   request holds, the first expired entry, else the live entry closest to fresh (lowest
+//!   [`Usage`](crate::algorithm::Usage), then soonest restored); that one is evicted unless it
+//!   is more used than the newcomer, in which case up to 8 further shards are sampled and the
+//!   lowest entry of the whole sample goes. So a cell that denies is never evicted while a cell
+//!   with room is in the sample, and a flood of fresh identities evicts its own kind. Other
+//!   shards are only ever locked with `try_lock` (no waiting, so no deadlock). Reclaimed and
+//!   evicted entries are counted.
 //!   The bound is exceeded only by insertions that race (they read the count at the same
 //!   instant, or every other shard with an entry is locked at that instant): by one entry each
 //!   at most, and the next insertions remove two entries each until it holds again.
 //! * An expired entry is indistinguishable from an absent one (see
 //!   [`crate::algorithm::CellState::expires_at`]), so reclamation never changes a decision;
 //!   eviction of a live entry forgets its usage (the price of the bound, counted in
-//!   [`MemoryStats::evictions`]).
+//!   [`MemoryStats::evictions`]), which is why the least used one goes.
 //! * A plan naming one key twice is an error (it would be peeked once and committed twice).
 
 use std::hash::BuildHasher;
@@ -54,39 +56,18 @@ pub const MIN_SHARDS: usize = 16;
 /// power of two, clamped to `MIN_SHARDS..=MAX_SHARDS`).
 const KEYS_PER_SHARD: usize = 32;
 
-/// How an advance of the CLOCK hand removes entries (see `MemoryStore::sweep`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Sweep {
-    /// On every insertion: a few entries, expired for over [`RECLAIM_GRACE_US`].
-    Incremental,
-    /// Store full: the first expired entry.
-    Expired,
-    /// Store full, nothing expired nearby: the first expired or cold entry.
-    Evict,
-}
+mod room;
 
-/// Shards after its own in which an insertion into a full store looks for an expired entry
-/// before it evicts a live one (bounded work per insertion: about 8 x 32 entries).
-const EXPIRED_NEIGHBOURS: usize = 8;
-
-/// Live entries examined by the reclaiming hand on every insertion.
-const RECLAIM_STEPS: usize = 2;
-/// Buckets (occupied or not) the reclaiming hand visits at most on one insertion.
-const RECLAIM_VISITS: usize = 8;
-
-/// The incremental reclaim only drops entries expired for at least this long (1 s). An expired
-/// entry decides like an absent one either way; the grace keeps a key that returns within a
-/// second (e.g. a 1,000,000/s limit, whose cells expire a microsecond after each request) from
-/// being freed and re-allocated on every visit. A full store still drops expired entries first,
-/// with no grace.
-const RECLAIM_GRACE_US: Micros = 1_000_000;
-
-/// One cell: its key, its state, and the CLOCK bookkeeping, stored inline in the shard's table.
+/// One cell: its key, its state and its limit, stored inline in the shard's table.
 struct Slot {
     key: Box<str>,
     state: CellState,
     expires_at: Micros,
-    referenced: bool,
+    /// The limit's count (at most `u32::MAX`) as last committed: with the window (in the key,
+    /// so never changing) it gives the cell's [`crate::algorithm::Usage`] for eviction.
+    count: u32,
+    /// The limit's window in seconds (at most 366 days).
+    window_secs: u32,
 }
 
 /// Keyed with a per-store random seed: identities are untrusted, and an unseeded hash would let
@@ -95,7 +76,7 @@ type KeyHasher = foldhash::fast::RandomState;
 
 struct Shard {
     table: HashTable<Slot>,
-    /// The CLOCK hand: a bucket index of `table` (buckets keep their index until the table
+    /// The reclaiming hand: a bucket index of `table` (buckets keep their index until the table
     /// grows or rehashes in place; a hand past the end wraps to 0).
     hand: usize,
 }
@@ -181,122 +162,13 @@ impl MemoryStore {
         (hash, ((hash >> 32) as usize) & self.mask)
     }
 
-    /// Advance the CLOCK hand. [`Sweep::Incremental`]: examine at most [`RECLAIM_STEPS`] entries
-    /// over [`RECLAIM_VISITS`] buckets, drop those expired for a second or more and clear the
-    /// reference bit of the others. [`Sweep::Expired`]: one turn, stop at the first expired
-    /// entry and drop it (reference bits untouched). [`Sweep::Evict`]: up to two turns, drop the
-    /// first expired or cold entry (a cold live one counts as an eviction), giving referenced
-    /// ones a second chance. Slots for which `keep` holds are passed over (a request never
-    /// removes its own cells). Returns whether an entry was removed.
-    fn sweep(
-        &self,
-        shard: &mut Shard,
-        now: Micros,
-        mode: Sweep,
-        keep: impl Fn(&Slot) -> bool,
-    ) -> bool {
-        let buckets = shard.table.num_buckets();
-        let (max_visits, max_examined) = match mode {
-            Sweep::Incremental => (RECLAIM_VISITS, RECLAIM_STEPS),
-            Sweep::Expired => (buckets, usize::MAX),
-            Sweep::Evict => (2 * buckets + 1, usize::MAX),
-        };
-        let grace = if mode == Sweep::Incremental {
-            RECLAIM_GRACE_US
-        } else {
-            0
-        };
-        let mut removed = false;
-        let mut examined = 0usize;
-        for _ in 0..max_visits {
-            if examined >= max_examined || shard.table.is_empty() {
-                break;
-            }
-            if shard.hand >= buckets {
-                shard.hand = 0;
-            }
-            let at = shard.hand;
-            shard.hand += 1;
-            let Ok(mut entry) = shard.table.get_bucket_entry(at) else {
-                continue;
-            };
-            if keep(entry.get()) {
-                continue;
-            }
-            examined += 1;
-            let slot = entry.get_mut();
-            let reclaimable = slot.expires_at.saturating_add(grace) <= now;
-            let evict = mode == Sweep::Evict && !slot.referenced;
-            if reclaimable || evict {
-                entry.remove();
-                self.len.0.fetch_sub(1, Ordering::Relaxed);
-                let counter = if reclaimable {
-                    &self.reclaimed
-                } else {
-                    &self.evictions
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                removed = true;
-                if mode != Sweep::Incremental {
-                    break;
-                }
-            } else if mode != Sweep::Expired {
-                slot.referenced = false;
-            }
-        }
-        removed
-    }
-
     /// Insert a new cell into `shard` (locked by the caller; room already made, see
-    /// [`Self::make_room`]). `reclaim`: first let the hand drop up to two entries expired for a
-    /// second or more (only where no cell of the request can be among them).
-    fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot, now: Micros, reclaim: bool) {
-        if reclaim {
-            self.sweep(shard, now, Sweep::Incremental, |_| false);
-        }
+    /// [`Self::make_room`]).
+    fn insert(&self, shard: &mut Shard, hash: u64, slot: Slot) {
         shard
             .table
             .insert_unique(hash, slot, |s| self.hasher.hash_one(&*s.key));
         self.len.0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Before `new` insertions: while the store would exceed `max_keys`, remove one entry (up
-    /// to two per insertion, so a count pushed over the bound by concurrent insertions comes
-    /// back down). Expired entries go first: in the shards the request holds (`from_held`, which
-    /// must pass over the request's own cells), then in the next [`EXPIRED_NEIGHBOURS`] shards
-    /// that can be locked without waiting; only then a cold live entry is evicted, from the
-    /// held shards or else from any shard that can be locked without waiting (never blocking on
-    /// a second lock: no deadlock with requests that lock several shards in order).
-    fn make_room(
-        &self,
-        from: usize,
-        new: usize,
-        now: Micros,
-        mut from_held: impl FnMut(Sweep) -> bool,
-    ) {
-        let over = (self.len.0.load(Ordering::Relaxed) + new).saturating_sub(self.max_keys);
-        for _ in 0..over.min(2 * new) {
-            let removed = from_held(Sweep::Expired)
-                || self.steal_room(from, now, Sweep::Expired, EXPIRED_NEIGHBOURS)
-                || from_held(Sweep::Evict)
-                || self.steal_room(from, now, Sweep::Evict, self.mask);
-            if !removed {
-                break;
-            }
-        }
-    }
-
-    /// Remove one entry (`mode`) from the first of the next `shards` shards after `sid` that
-    /// can be locked without waiting and has one to give. A store at its bound always has one
-    /// to evict unless every other non-empty shard is locked at that instant.
-    #[cold]
-    fn steal_room(&self, sid: usize, now: Micros, mode: Sweep, shards: usize) -> bool {
-        (1..=shards.min(self.mask)).any(|step| {
-            self.shards[(sid + step) & self.mask]
-                .0
-                .try_lock()
-                .is_some_and(|mut other| self.sweep(&mut other, now, mode, |_| false))
-        })
     }
 
     /// A new slot for `cell` holding one admitted request of `cost` at `now`.
@@ -307,7 +179,8 @@ impl MemoryStore {
             key: Box::from(&*cell.key),
             expires_at: state.expires_at(&cell.limit),
             state,
-            referenced: true,
+            count: u32::try_from(cell.limit.count()).unwrap_or(u32::MAX),
+            window_secs: u32::try_from(cell.limit.window_secs()).unwrap_or(u32::MAX),
         }
     }
 
@@ -332,7 +205,8 @@ impl MemoryStore {
         }
         slot.state.commit(now, cost, &cell.limit);
         slot.expires_at = slot.state.expires_at(&cell.limit);
-        slot.referenced = true;
+        // A reload may change a limit's count (not its window: that is in the key).
+        slot.count = u32::try_from(cell.limit.count()).unwrap_or(u32::MAX);
     }
 
     #[inline(always)]
@@ -350,15 +224,15 @@ impl MemoryStore {
             match found {
                 Some(slot) => Self::commit_slot(slot, cell, cell.cost, now),
                 None => {
-                    // Expired entries go first, then (store full) the CLOCK victim.
-                    self.sweep(&mut shard, now, Sweep::Incremental, |_| false);
+                    // Expired entries go first, then (store full) the entry closest to fresh.
+                    self.reclaim(&mut shard, now);
                     if self.len.0.load(Ordering::Relaxed) >= self.max_keys {
-                        self.make_room(sid, 1, now, |mode| {
-                            self.sweep(&mut shard, now, mode, |_| false)
-                        });
+                        let enough = room::Rank::newcomer(cell);
+                        let held = &mut [Some(&mut *shard)];
+                        self.make_room(sid, 1, now, enough, held, |_| false);
                     }
                     let slot = Self::new_slot(cell, cell.cost, now);
-                    self.insert(&mut shard, hash, slot, now, false);
+                    self.insert(&mut shard, hash, slot);
                 }
             }
         }
@@ -486,12 +360,17 @@ impl MemoryStore {
         // above and the commits below, nothing else touches the locked tables.
         if new > 0 && self.len.0.load(Ordering::Relaxed) + new > self.max_keys {
             let in_plan = |slot: &Slot| plan.cells.iter().any(|c| *c.key == *slot.key);
-            self.make_room(scratch[0].shard, new, now, |mode| {
-                guards
-                    .iter_mut()
-                    .filter_map(|g| g.as_deref_mut())
-                    .any(|shard| self.sweep(shard, now, mode, in_plan))
-            });
+            // Fresh enough to evict without a wider search: no more used than one of the new cells
+            // (the most used: a lower bar drains the neighbours of shards holding only such cells).
+            let enough = plan
+                .cells
+                .iter()
+                .zip(scratch.iter())
+                .filter(|(_, s)| s.idx.is_none() && s.commit)
+                .map(|(c, _)| room::Rank::newcomer(c))
+                .max()
+                .unwrap_or(room::Rank::NEVER);
+            self.make_room(scratch[0].shard, new, now, enough, guards, in_plan);
             // Removals do not move other buckets, and never take a cell of this plan: every
             // existing cell is still where the peek found it. Checked before committing any,
             // so an error can never leave a partial commit.
@@ -521,8 +400,9 @@ impl MemoryStore {
         for (cell, s) in plan.cells.iter().zip(scratch.iter()) {
             if let (true, None, Some(shard)) = (s.commit, s.idx, guards[s.guard].as_deref_mut()) {
                 // Committed and inserted cells are live: the reclaim cannot take them.
+                self.reclaim(shard, now);
                 let slot = Self::new_slot(cell, cell.cost, now);
-                self.insert(shard, s.hash, slot, now, true);
+                self.insert(shard, s.hash, slot);
             }
         }
         Ok(())
@@ -545,180 +425,4 @@ impl Store for MemoryStore {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
-    use crate::config::{DimensionKind, LimiterConfig, RequestContext};
-
-    const T0: u64 = 1_700_000_000_123_456_789;
-
-    fn config(yaml: &str) -> LimiterConfig {
-        LimiterConfig::from_yaml_str(yaml, &[]).unwrap().0
-    }
-
-    fn plan(cfg: &LimiterConfig, user: &str, tenant: Option<&str>) -> Plan {
-        cfg.policy
-            .plan(&RequestContext {
-                user: Some(user),
-                tenant,
-                ..Default::default()
-            })
-            .unwrap()
-    }
-
-    fn single(p: &Plan, kind: DimensionKind) -> Plan {
-        Plan {
-            cells: p
-                .cells
-                .iter()
-                .filter(|c| c.dimension == kind)
-                .cloned()
-                .collect(),
-            cost: p.cost,
-        }
-    }
-
-    fn shard_of(s: &MemoryStore, p: &Plan) -> usize {
-        assert_eq!(p.cells.len(), 1);
-        s.locate(&p.cells[0].key).1
-    }
-
-    fn slots(s: &MemoryStore) -> usize {
-        s.shards.iter().map(|p| p.0.lock().table.len()).sum()
-    }
-
-    /// A two-cell request [user U (existing), tenant T (new)] with U and T in the same shard, in
-    /// a full store whose other key W lives in another shard: inserting T must not evict U,
-    /// which this very request has just committed.
-    #[test]
-    fn a_request_never_evicts_a_cell_it_just_committed() {
-        let cfg = config("{by_user: 2/m, by_tenant: 100/m}");
-        let clock = Arc::new(ManualClock::new(T0));
-        let s = MemoryStore::new(2, clock.clone());
-        let (both, u) = (0..10_000)
-            .find_map(|i| {
-                let both = plan(&cfg, "alice", Some(&format!("t{i}")));
-                let u = single(&both, DimensionKind::User);
-                let t = single(&both, DimensionKind::Tenant);
-                (shard_of(&s, &u) == shard_of(&s, &t)).then_some((both, u))
-            })
-            .unwrap();
-        let w = (0..10_000)
-            .map(|i| plan(&cfg, &format!("w{i}"), None))
-            .find(|w| shard_of(&s, w) != shard_of(&s, &u))
-            .unwrap();
-        assert!(s.check(&u).unwrap().allowed); // U: 1 of 2
-        assert!(s.check(&w).unwrap().allowed); // store full (2 keys)
-        assert!(s.check(&both).unwrap().allowed); // U: 2 of 2, T inserted
-        let st = s.stats();
-        assert!(
-            !s.check(&u).unwrap().allowed,
-            "U admitted a third time within its minute (limit 2/m): the request that used its \
-             second unit evicted it while inserting T; stats after that request: {st:?}"
-        );
-    }
-
-    /// One thread, a full store of 2 keys: a two-cell request whose second (new) cell lands in an
-    /// empty shard, while the only other entry sits in the shard of its first cell (locked by
-    /// this same request, so `steal_room`'s try_lock fails there).
-    #[test]
-    fn one_thread_never_exceeds_the_bound() {
-        let cfg = config("{by_user: 5/m, by_tenant: 100/m}");
-        let clock = Arc::new(ManualClock::new(T0));
-        let s = MemoryStore::new(2, clock.clone());
-        let both = (0..10_000)
-            .map(|i| plan(&cfg, "alice", Some(&format!("t{i}"))))
-            .find(|b| {
-                shard_of(&s, &single(b, DimensionKind::User))
-                    != shard_of(&s, &single(b, DimensionKind::Tenant))
-            })
-            .unwrap();
-        let u = single(&both, DimensionKind::User);
-        let z = (0..10_000)
-            .map(|i| plan(&cfg, &format!("z{i}"), None))
-            .find(|z| shard_of(&s, z) == shard_of(&s, &u))
-            .unwrap();
-        assert!(s.check(&z).unwrap().allowed); // 1 key
-        assert!(s.check(&both).unwrap().allowed); // +2 keys, bound 2
-        assert_eq!(s.stats().keys as usize, slots(&s));
-        assert!(
-            s.stats().keys <= 2,
-            "single-threaded overshoot: {:?}",
-            s.stats()
-        );
-    }
-
-    /// `len` equals the slots in the tables after concurrent multi-cell churn (inserts, reclaims,
-    /// evictions, steals).
-    #[test]
-    fn len_matches_slots_under_concurrent_churn() {
-        let cfg = config("{by_user: 5/s, by_tenant: 1000/s}");
-        let clock = Arc::new(ManualClock::new(T0));
-        let s = MemoryStore::new(40, clock.clone());
-        std::thread::scope(|sc| {
-            for t in 0..2 {
-                let (s, cfg, clock) = (&s, &cfg, &clock);
-                sc.spawn(move || {
-                    for i in 0..20_000u32 {
-                        let ten = format!("ten{}", i % 7);
-                        let p = plan(cfg, &format!("u{t}-{i}"), Some(&ten));
-                        s.check(&p).unwrap();
-                        if i % 1000 == 0 {
-                            clock.advance_millis(700);
-                        }
-                    }
-                });
-            }
-        });
-        assert_eq!(s.stats().keys as usize, slots(&s), "{:?}", s.stats());
-        assert!(s.stats().keys <= 40 + 2, "{:?}", s.stats());
-    }
-
-    /// Every key stays findable by `locate`'s hash after its table grew (rehash closure agrees).
-    #[test]
-    fn keys_stay_findable_after_table_growth() {
-        let cfg = config("{by_user: 5/m}");
-        let clock = Arc::new(ManualClock::new(T0));
-        let s = MemoryStore::new(1 << 14, clock.clone());
-        let plans: Vec<Plan> = (0..(1 << 14))
-            .map(|i| plan(&cfg, &format!("k{i}"), None))
-            .collect();
-        for p in &plans {
-            assert!(s.check(p).unwrap().allowed);
-        }
-        assert_eq!(s.stats().evictions, 0);
-        for p in &plans {
-            let (hash, sid) = s.locate(&p.cells[0].key);
-            let shard = s.shards[sid].0.lock();
-            assert!(shard
-                .table
-                .find(hash, |x| *x.key == *p.cells[0].key)
-                .is_some());
-        }
-        let max = s
-            .shards
-            .iter()
-            .map(|p| p.0.lock().table.len())
-            .max()
-            .unwrap();
-        assert!(max > 32, "some table grew past its initial size: {max}");
-    }
-
-    /// A plan naming one key twice would be peeked once and committed twice: an error, and
-    /// nothing consumed.
-    #[test]
-    fn a_plan_naming_one_key_twice_is_an_error() {
-        let cfg = config("{algorithm: fixed_window, by_user: 3/m, by_tenant: 5/m}");
-        let clock = Arc::new(ManualClock::new(T0));
-        let s = MemoryStore::new(100, clock.clone());
-        let one = plan(&cfg, "alice", None);
-        let mut dup = one.clone();
-        dup.cells.push(dup.cells[0].clone());
-        let err = s.check(&dup).unwrap_err();
-        assert!(err.message.contains("twice"), "{err}");
-        assert_eq!(s.stats().keys, 0);
-        let d = s.check(&one).unwrap();
-        assert_eq!(d.dimensions[0].outcome.remaining, 2, "{d:?}");
-    }
-}
+mod tests;
