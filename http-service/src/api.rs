@@ -13,7 +13,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode,
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
-use ratewall_core::config::{ContextError, RequestContext};
+use ratewall_core::config::{BatchCall, BatchError, ContextError, RequestContext};
 use ratewall_core::decision::Decision;
 use ratewall_core::headers::{self, Headers};
 use ratewall_core::DenyReason;
@@ -51,6 +51,26 @@ struct CheckRequest {
     server: Option<String>,
     descriptors: Option<HashMap<String, String>>,
     cost: Option<u64>,
+    /// A batch (an MCP JSON-RPC batch grouped by tool): every call decided as one plan.
+    calls: Option<Vec<CallIn>>,
+}
+
+/// One call of a batch `/check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallIn {
+    tool: Option<String>,
+    cost: Option<u64>,
+}
+
+/// Per call of a batch: the indexes of its cells in `dimensions`, and whether one of its
+/// enforced cells denies (the call that stops the batch).
+#[derive(Serialize)]
+struct CallOut<'a> {
+    tool: Option<&'a str>,
+    cost: u64,
+    dimensions: &'a [usize],
+    limited: bool,
 }
 
 #[derive(Serialize)]
@@ -77,6 +97,9 @@ struct CheckResponse<'a> {
     retry_after: Option<u64>,
     headers: &'a Headers,
     dimensions: Vec<DimensionOut<'a>>,
+    /// Batch requests only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    calls: Option<Vec<CallOut<'a>>>,
 }
 
 #[derive(Serialize)]
@@ -160,6 +183,11 @@ impl Answer {
 
 /// The answer for a decision: status, JSON body, and the core's headers.
 pub fn decision_answer(rt: &Runtime, d: &Decision) -> Answer {
+    decision_answer_with(rt, d, None)
+}
+
+/// [`decision_answer`] with a batch's per-call detail.
+fn decision_answer_with(rt: &Runtime, d: &Decision, calls: Option<Vec<CallOut<'_>>>) -> Answer {
     let rendered = headers::render(d, rt.loaded.limiter.headers);
     let rep = d.reported();
     let body = CheckResponse {
@@ -184,6 +212,7 @@ pub fn decision_answer(rt: &Runtime, d: &Decision) -> Answer {
                 shadow: r.shadow,
             })
             .collect(),
+        calls,
     };
     let status = match (d.allowed, d.reason) {
         (true, _) => StatusCode::OK,
@@ -345,6 +374,18 @@ async fn check(State(state): State<Arc<AppState>>, body: Body) -> Response {
         .flatten()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
+    if let Some(calls) = &req.calls {
+        for (field, given) in [("tool", req.tool.is_some()), ("cost", req.cost.is_some())] {
+            if given {
+                let msg = format!("{field}: not allowed with calls (each call carries its own)");
+                return bad(msg, Some(field));
+            }
+        }
+        return match check_batch(&state, &rt, &req, calls, &descriptors).await {
+            Ok(answer) => answer.into_response(),
+            Err((msg, field)) => bad(msg, Some(&field)),
+        };
+    }
     let ctx = RequestContext {
         user: req.user.as_deref(),
         tenant: req.tenant.as_deref(),
@@ -359,6 +400,71 @@ async fn check(State(state): State<Arc<AppState>>, body: Body) -> Response {
         other => other.to_string(),
     })
     .await
+}
+
+/// A batch `/check`: every call planned into one plan ([`ratewall_core::config::Policy::plan_batch`])
+/// and decided with one store call. `Err`: a 400's message and field.
+async fn check_batch(
+    state: &AppState,
+    rt: &Runtime,
+    req: &CheckRequest,
+    calls: &[CallIn],
+    descriptors: &[(&str, &str)],
+) -> Result<Answer, (String, String)> {
+    let start = Instant::now();
+    if let Some(i) = calls.iter().position(|c| c.cost == Some(0)) {
+        let field = format!("calls[{i}].cost");
+        return Err((format!("{field}: must be an integer ≥ 1"), field));
+    }
+    let batch_calls: Vec<BatchCall<'_>> = calls
+        .iter()
+        .map(|c| BatchCall {
+            tool: c.tool.as_deref(),
+            cost: c.cost.unwrap_or(1),
+        })
+        .collect();
+    let policy = &rt.loaded.limiter.policy;
+    let user = req.user.as_deref();
+    let tenant = req.tenant.as_deref();
+    let server = req.server.as_deref();
+    let batch = match policy.plan_batch(user, tenant, server, descriptors, &batch_calls) {
+        Ok(b) => b,
+        Err(e) => {
+            return Err(match &e {
+                BatchError::Count(_) => (format!("calls: {e}"), "calls".to_string()),
+                BatchError::Call(i, inner @ ContextError::CostTooLarge(_)) => {
+                    let field = format!("calls[{i}].cost");
+                    (format!("{field}: {inner}"), field)
+                }
+                BatchError::Call(_, inner) => (format!("server: {inner}"), "server".to_string()),
+            });
+        }
+    };
+    let d = state.decide(rt, &batch.plan).await;
+    state.metrics.observe(Endpoint::Check, start.elapsed());
+    tracing::debug!(
+        endpoint = Endpoint::Check.name(),
+        calls = calls.len(),
+        allowed = d.allowed,
+        reason = d.reason.map(DenyReason::as_str),
+        remaining = d.remaining(),
+        "batch decision"
+    );
+    let detail = batch_calls
+        .iter()
+        .zip(&batch.calls)
+        .map(|(c, dims)| CallOut {
+            tool: c.tool,
+            cost: c.cost.max(1),
+            dimensions: dims,
+            limited: dims.iter().any(|&j| {
+                d.dimensions
+                    .get(j)
+                    .is_some_and(|r| !r.shadow && !r.outcome.allowed)
+            }),
+        })
+        .collect();
+    Ok(decision_answer_with(rt, &d, Some(detail)))
 }
 
 async fn authz(

@@ -154,7 +154,6 @@ impl RootContext for Root {
             phase: Phase::Start,
             identity: Identity::default(),
             mcp: None,
-            pending: Vec::new(),
             verdict: None,
         }))
     }
@@ -181,9 +180,7 @@ struct Http {
     phase: Phase,
     identity: Identity,
     mcp: Option<crate::mcp::McpRequest>,
-    /// Remote checks still to make: `(tool, cost)`.
-    pending: Vec<(Option<String>, u64)>,
-    /// The admitted verdict with the fewest units left so far (remote batches).
+    /// The admitted verdict (its headers go on the response).
     verdict: Option<Verdict>,
 }
 
@@ -252,8 +249,8 @@ impl Http {
             self.mcp = Some(req);
         }
         if groups.len() > crate::MAX_BATCH_TOOLS {
-            // Each distinct tool is one decision (one shared-data slot lock set, or one remote
-            // call): bound the work one request can cause.
+            // Each distinct tool is one plan (its cells locked in shared data, or one call of the
+            // remote check): bound the work one request can cause.
             let msg = format!(
                 "the batch names {} distinct tools; at most {} are accepted",
                 groups.len(),
@@ -286,34 +283,23 @@ impl Http {
                 };
                 self.apply(verdict, false)
             }
-            (Mode::Remote(_), _) => {
-                self.pending = groups;
-                self.pending.reverse();
-                self.next_check(cfg)
-            }
+            (Mode::Remote(_), _) => self.check_remote(cfg, &groups),
             (Mode::Local(_), None) => self.apply(Verdict::allow(), false),
         }
     }
 
-    /// Dispatch the next pending remote check (or apply the verdict when none is left).
-    fn next_check(&mut self, cfg: &FilterConfig) -> Action {
-        let resumed = self.phase == Phase::Waiting;
+    /// Dispatch the one remote check of the request: every tool group in one `/check`, which
+    /// the service decides as one plan (all-or-nothing across the groups).
+    fn check_remote(&mut self, cfg: &FilterConfig, groups: &[(Option<String>, u64)]) -> Action {
         let Mode::Remote(remote) = &cfg.mode else {
-            return self.apply(Verdict::allow(), resumed);
-        };
-        let Some((tool, cost)) = self.pending.pop() else {
-            let verdict = self.verdict.take().unwrap_or_else(Verdict::allow);
-            return self.apply(verdict, resumed);
+            return self.apply(Verdict::allow(), false);
         };
         let body = CheckRequest {
             user: self.identity.user.as_deref(),
             tenant: self.identity.tenant.as_deref(),
-            tool: tool.as_deref(),
-            // by_user_per_server applies to tool calls only (as in local mode); the service
-            // applies it whenever a server id is given.
-            server: tool.as_ref().and(self.identity.server.as_deref()),
+            calls: groups,
+            server: self.identity.server.as_deref(),
             descriptors: &self.identity.descriptors,
-            cost,
         }
         .to_json();
         let call = hostcalls::dispatch_http_call(
@@ -339,7 +325,7 @@ impl Http {
                     remote.cluster
                 ));
                 let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
-                self.apply(v, resumed)
+                self.apply(v, false)
             }
         }
     }
@@ -383,31 +369,13 @@ impl Context for Http {
             .ok()
             .flatten()
             .unwrap_or_default();
-        match parse_check_response(status, &body) {
-            Ok(v) if v.allowed => {
-                // Keep the admitted verdict with the fewest units left (batches of several tools).
-                let keep_old = matches!(
-                    (&self.verdict, v.remaining),
-                    (Some(old), Some(r)) if old.remaining.is_some_and(|o| o <= r)
-                );
-                if !keep_old {
-                    self.verdict = Some(v);
-                }
-                self.next_check(&cfg);
-            }
-            Ok(v) => {
-                self.pending.clear();
-                self.apply(v, true);
-            }
-            Err(e) => {
-                warn_throttled(format_args!(
-                    "ratewall: check service failed ({e}); fail_mode applies"
-                ));
-                self.pending.clear();
-                let v = Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers());
-                self.apply(v, true);
-            }
-        }
+        let verdict = parse_check_response(status, &body).unwrap_or_else(|e| {
+            warn_throttled(format_args!(
+                "ratewall: check service failed ({e}); fail_mode applies"
+            ));
+            Verdict::unavailable(cfg.fail_mode(), now_micros(), cfg.headers())
+        });
+        self.apply(verdict, true);
     }
 }
 

@@ -6,8 +6,9 @@
 //!
 //! * `mode: local`: counters in proxy-wasm shared data ([`shared`]), exact across Envoy's worker
 //!   threads, bounded, reclaimed on a tick.
-//! * `mode: remote`: one `POST /check` to ratewall-server per request ([`remote`]), so every
-//!   Envoy shares the server's (Redis) counters.
+//! * `mode: remote`: one `POST /check` to ratewall-server per request ([`remote`]), carrying
+//!   every tool group of an MCP batch (decided as one plan), so every Envoy shares the server's
+//!   (Redis) counters.
 //!
 //! MCP-aware ([`mcp`]): JSON-RPC `tools/call` and `prompts/get` are limited per tool, batches count
 //! every call. Configuration: [`config`]; replies: [`response`].
@@ -47,9 +48,10 @@ pub struct Identity {
     pub descriptors: Vec<(String, String)>,
 }
 
-/// Most distinct tools one MCP batch may name; a larger batch is answered `400` (JSON-RPC
-/// `-32602`) without consuming anything.
-pub const MAX_BATCH_TOOLS: usize = 32;
+/// Most distinct tools one MCP batch may name (the core's bound on a batch's calls, which the
+/// service applies to a remote batch); a larger batch is answered `400` (JSON-RPC `-32602`)
+/// without consuming anything.
+pub const MAX_BATCH_TOOLS: usize = ratewall_core::config::MAX_BATCH_CALLS;
 
 /// The calls of a request grouped by tool: `(tool, number of calls)`.
 ///

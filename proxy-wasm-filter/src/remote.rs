@@ -1,6 +1,9 @@
 //! Remote mode: the `POST /check` exchange with ratewall-server.
 //!
-//! Request: `{"user", "tenant", "tool", "server", "descriptors": {name: value}, "cost"}`.
+//! Request: `{"user", "tenant", "tool", "server", "descriptors": {name: value}, "cost"}`; for an
+//! MCP batch naming several tools, one request for the whole batch with
+//! `"calls": [{"tool", "cost"}, ...]` in place of `tool` and `cost`, which the service decides as
+//! one plan with one store call (all-or-nothing across the calls).
 //! Response: `200` (allowed) or `429` (denied) with `{"allowed", "reason", "limit", "remaining",
 //! "reset", "retry_after", "headers": [[name, value], ...], "dimensions": [...]}`; `headers` is the
 //! core renderer's output, passed through unchanged. Any other status, a body that is not such an
@@ -10,21 +13,21 @@ use serde_json::{Map, Value};
 
 use crate::response::Verdict;
 
-/// Identity and cost of one check.
+/// Identity and calls of one check.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CheckRequest<'a> {
     /// User id (absent: anonymous).
     pub user: Option<&'a str>,
     /// Tenant id.
     pub tenant: Option<&'a str>,
-    /// Tool or prompt name.
-    pub tool: Option<&'a str>,
-    /// MCP server id.
+    /// The request's calls grouped by tool: `(tool or prompt name, units)` (see
+    /// [`crate::groups`]).
+    pub calls: &'a [(Option<String>, u64)],
+    /// MCP server id: sent when a call names a tool (`by_user_per_server` applies to tool calls
+    /// only, as in local mode; the service applies it to the calls with a tool).
     pub server: Option<&'a str>,
     /// Descriptor values by name.
     pub descriptors: &'a [(String, String)],
-    /// Units to consume.
-    pub cost: u64,
 }
 
 impl CheckRequest<'_> {
@@ -36,17 +39,34 @@ impl CheckRequest<'_> {
         for (k, v) in self.descriptors {
             descriptors.insert(k.clone(), Value::String(v.clone()));
         }
+        let any_tool = self.calls.iter().any(|(t, _)| t.is_some());
         let mut body = Map::new();
         for (key, value) in [
             ("user", self.user),
             ("tenant", self.tenant),
-            ("tool", self.tool),
-            ("server", self.server),
+            ("server", self.server.filter(|_| any_tool)),
         ] {
             body.insert(key.into(), Value::from(value));
         }
         body.insert("descriptors".into(), Value::Object(descriptors));
-        body.insert("cost".into(), Value::from(self.cost.max(1)));
+        let call = |tool: &Option<String>, cost: &u64, to: &mut Map<String, Value>| {
+            to.insert("tool".into(), Value::from(tool.as_deref()));
+            to.insert("cost".into(), Value::from((*cost).max(1)));
+        };
+        match self.calls {
+            [(tool, cost)] => call(tool, cost, &mut body),
+            many => {
+                let list = many
+                    .iter()
+                    .map(|(tool, cost)| {
+                        let mut c = Map::new();
+                        call(tool, cost, &mut c);
+                        Value::Object(c)
+                    })
+                    .collect();
+                body.insert("calls".into(), Value::Array(list));
+            }
+        }
         Value::Object(body).to_string().into_bytes()
     }
 }
@@ -117,19 +137,54 @@ mod tests {
     #[test]
     fn request_body() {
         let d = vec![("api_key".to_string(), "k1".to_string())];
+        let one = [(Some("echo".to_string()), 3)];
         let body = CheckRequest {
             user: Some("alice"),
             tenant: None,
-            tool: Some("echo"),
+            calls: &one,
             server: Some("gw"),
             descriptors: &d,
-            cost: 3,
         }
         .to_json();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             v,
             json!({"user": "alice", "tenant": null, "tool": "echo", "server": "gw", "descriptors": {"api_key": "k1"}, "cost": 3})
+        );
+        // not a tool call: no server (by_user_per_server applies to tool calls only)
+        let plain = [(None, 1)];
+        let body = CheckRequest {
+            user: None,
+            tenant: Some("acme"),
+            calls: &plain,
+            server: Some("gw"),
+            descriptors: &[],
+        }
+        .to_json();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"user": null, "tenant": "acme", "tool": null, "server": null, "descriptors": {}, "cost": 1})
+        );
+        // a batch of several tools: one body carrying every group
+        let batch = [
+            (Some("add".to_string()), 1),
+            (Some("echo".to_string()), 2),
+            (None, 1),
+        ];
+        let body = CheckRequest {
+            user: Some("alice"),
+            tenant: None,
+            calls: &batch,
+            server: Some("gw"),
+            descriptors: &[],
+        }
+        .to_json();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"user": "alice", "tenant": null, "server": "gw", "descriptors": {},
+                   "calls": [{"tool": "add", "cost": 1}, {"tool": "echo", "cost": 2}, {"tool": null, "cost": 1}]})
         );
     }
 

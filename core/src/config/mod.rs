@@ -6,12 +6,14 @@
 //! * [`rate`] parses rate strings;
 //! * [`descriptors`] loads envoyproxy/ratelimit configuration documents (RLS domains, core key
 //!   `domains`) and plans RLS requests against them;
+//! * [`batch`] merges the plans of a request's calls (an MCP batch) into one plan;
 //! * [`compile`] validates everything once, at load time, into [`LimiterConfig`] and its
 //!   [`Policy`], which the hot path uses without re-checking.
 //!
 //! Every error names the key and the offending value ([`ConfigError`]); nothing is silently
 //! ignored or disabled.
 
+pub mod batch;
 pub mod compile;
 #[cfg(feature = "descriptors")]
 pub mod descriptors;
@@ -19,6 +21,7 @@ pub mod document;
 pub mod rate;
 pub mod schema;
 
+pub use batch::{BatchCall, BatchError, BatchPlan, MAX_BATCH_CALLS};
 pub use compile::{
     Backend, Cell, ClockSource, ContextError, DimensionKind, FailMode, HeaderFormat, LimiterConfig,
     Plan, Policy, PolicyName, RedisSettings, RequestContext,
