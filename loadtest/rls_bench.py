@@ -235,6 +235,19 @@ def wrk(port, duration, connections, script):
             "raw": out}
 
 
+def redis_cli(port, *cmd):
+    return subprocess.run(["redis-cli", "-p", str(port), *cmd], capture_output=True, text=True, timeout=10).stdout
+
+
+def commandstats(port):
+    """{command: (calls, usec)} from INFO commandstats: the time Redis spent executing commands
+    (scripts included), without its networking and event loop."""
+    out = {}
+    for m in re.finditer(r"cmdstat_(\w+):calls=(\d+),usec=(\d+)", redis_cli(port, "INFO", "commandstats")):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+
+
 def wait_port(port, timeout=20):
     import socket  # noqa: PLC0415
     deadline = time.monotonic() + timeout
@@ -306,6 +319,7 @@ def main():
             wait_port(gp)
             wait_port(hp)
             servers[("ratewall", store)] = {"pid": rw.pid, "redis": redis["ratewall"].pid if redis else None,
+                                            "redis_port": redis["ratewall"].port if redis else None,
                                             "grpc": gp, "http": hp}
             lg, lh = free_port(), free_port()
             storage = ["memory", "--cache", "100000"] if store == "memory" else ["redis", f"redis://127.0.0.1:{redis['limitador'].port}"]
@@ -313,6 +327,7 @@ def main():
                          str(tmp / "limits.yaml")] + storage, f"limitador-{store}.log", env=env)
             wait_port(lg)
             servers[("limitador", store)] = {"pid": lim.pid, "redis": redis["limitador"].pid if redis else None,
+                                             "redis_port": redis["limitador"].port if redis else None,
                                              "grpc": lg, "http": lh}
 
         def envoy_for(peer, store, ndesc, domain=None):
@@ -349,15 +364,21 @@ def main():
                             wrk(e.port, 1, args.connections, script)  # warm-up
                             ok0 = e.stat("cluster.app.ratelimit.ok")
                             pids = {"envoy": e.proc.pid, "server": s["pid"], "redis": s["redis"]}
+                            if s["redis_port"]:
+                                redis_cli(s["redis_port"], "CONFIG", "RESETSTAT")
                             before = {k: cpu_seconds(p) for k, p in pids.items()}
                             r = wrk(e.port, args.duration, args.connections, script)
                             after = {k: cpu_seconds(p) for k, p in pids.items()}
                             ok = e.stat("cluster.app.ratelimit.ok") - ok0
+                            cs = commandstats(s["redis_port"]) if s["redis_port"] else {}
                         finally:
                             e.stop()
                         for k in pids:
                             r[f"{k}_us"] = (after[k] - before[k]) * 1e6 / r["n"]
                         r["rls_ok"] = ok
+                        r["redis_calls"] = sum(c for c, _ in cs.values()) / r["n"]
+                        r["redis_cmd_us"] = sum(u for _, u in cs.values()) / r["n"]
+                        r["redis_cmds"] = {k: round(c / r["n"], 2) for k, (c, _) in cs.items()}
                         del r["raw"]
                         results.setdefault((store, ndesc, peer), []).append(r)
                         print(f"round {rnd + 1} {store:6} {ndesc} desc {peer:14} {r['rps']:8.0f} req/s  envoy "
@@ -404,6 +425,11 @@ def main():
     print("\nall rounds (server µs/check):", {f"{k[0]}/{k[1]}/{k[2]}": [round(r["server_us"], 1) for r in v] for k, v in results.items()})
     print("all rounds (Envoy µs/req):", {f"{k[0]}/{k[1]}/{k[2]}": [round(r["envoy_us"], 1) for r in v] for k, v in results.items()})
     print("all rounds (redis µs/check):", {f"{k[0]}/{k[1]}/{k[2]}": [round(r["redis_us"], 1) for r in v] for k, v in results.items() if k[0] == "redis"})
+    print("Redis commands per check (INFO commandstats, median round) and their execution time:")
+    for k, v in results.items():
+        if k[0] == "redis":
+            print(f"  {k[1]} desc {k[2]:14} {med(v, 'redis_calls'):.2f} commands/check, {med(v, 'redis_cmd_us'):.1f} µs/check "
+                  f"executing them; last round {v[-1]['redis_cmds']}")
     print("all rounds (req/s):", {f"{k[0]}/{k[1]}/{k[2]}": [round(r["rps"]) for r in v] for k, v in results.items()})
     for line in sanity:
         print(line)
