@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SECTIONS = ["core", "redis", "service", "envoy", "plugin", "loadtest"]
+SECTIONS = ["core", "redis", "service", "envoy", "rls", "plugin", "loadtest"]
 
 
 def demote(text: str) -> str:
