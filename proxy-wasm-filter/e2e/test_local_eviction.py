@@ -56,6 +56,8 @@ def test_a_user_at_its_limit_stays_denied_through_a_flood_of_fresh_ids(envoys, u
         )
         assert r.headers["x-ratelimit-remaining"] == "0"
     # The table stayed bounded: most of the first fresh ids were evicted (their second request
-    # finds a fresh cell: 9 left, not 8), so the flood did fill the table.
+    # finds a fresh cell: 9 left, not 8), so the flood did fill the table. (Not all: cells with
+    # equal usage and expiry, as fixed windows of one hour have, tie, and which one of a slot's
+    # goes first is not specified; an unbounded table would show none at 9.)
     left = [s.get(e.url + "/direct", headers={"x-user-id": f"fresh-0-{i}"}).headers["x-ratelimit-remaining"] for i in range(50)]
-    assert left.count("9") >= 40, left
+    assert left.count("9") >= 25, left
