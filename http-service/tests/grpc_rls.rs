@@ -578,7 +578,7 @@ domains:
     let text = r.state.render_metrics().await;
     assert!(
         text.contains(
-            "ratewall_shadow_denials_total{limit=\"ip_shadow\",dimension=\"descriptor\"} 1"
+            "ratewall_shadow_mode_total{limit=\"ip_shadow\",dimension=\"descriptor\"} 1"
         ),
         "{text}"
     );
