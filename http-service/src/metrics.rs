@@ -100,14 +100,17 @@ struct ResultLabel {
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn histogram() -> Histogram {
-    Histogram::new(BUCKETS.into_iter())
+    Histogram::new(BUCKETS)
 }
 
 /// `version`, and `git_sha` when the build set `RATEWALL_GIT_SHA` (else `unknown`).
 pub fn build_labels() -> [(&'static str, &'static str); 2] {
     [
         ("version", env!("CARGO_PKG_VERSION")),
-        ("git_sha", option_env!("RATEWALL_GIT_SHA").unwrap_or("unknown")),
+        (
+            "git_sha",
+            option_env!("RATEWALL_GIT_SHA").unwrap_or("unknown"),
+        ),
     ]
 }
 
@@ -154,7 +157,11 @@ impl Metrics {
             "Decisions taken by fail_mode after a backend error.",
             fail_mode.clone(),
         );
-        let fm = |m| fail_mode.get_or_create(&FailModeLabel { fail_mode: m }).clone();
+        let fm = |m| {
+            fail_mode
+                .get_or_create(&FailModeLabel { fail_mode: m })
+                .clone()
+        };
         let (fail_open, fail_closed) = (fm("open"), fm("closed"));
 
         let bad = Family::<EndpointLabel, Counter>::default();

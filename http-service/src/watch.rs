@@ -57,15 +57,16 @@ impl Targets {
             .source
             .descriptor_path(&rt.loaded)
             .map(|p| std::path::absolute(&p).unwrap_or(p));
-        let config_target = std::fs::canonicalize(&config)
-            .ok()
-            .filter(|t| *t != config);
+        let config_target = std::fs::canonicalize(&config).ok().filter(|t| *t != config);
         let mut watch = BTreeMap::new();
         let mut add = |dir: &Path, recursive: bool| {
             let r = watch.entry(dir.to_path_buf()).or_insert(recursive);
             *r |= recursive;
         };
-        for f in [Some(&config), config_target.as_ref()].into_iter().flatten() {
+        for f in [Some(&config), config_target.as_ref()]
+            .into_iter()
+            .flatten()
+        {
             if let Some(dir) = f.parent() {
                 add(dir, false);
             }
@@ -89,7 +90,10 @@ impl Targets {
     fn concerns(&self, p: &Path) -> bool {
         p == self.config
             || self.config_target.as_deref() == Some(p)
-            || self.descriptors.as_deref().is_some_and(|d| p.starts_with(d))
+            || self
+                .descriptors
+                .as_deref()
+                .is_some_and(|d| p.starts_with(d))
             || p.file_name()
                 .is_some_and(|n| n.to_string_lossy().starts_with(".."))
     }
@@ -135,7 +139,8 @@ fn watcher(
                         .with_poll_interval(POLL)
                         .with_compare_contents(true),
                 );
-            let d = notify_debouncer_mini::new_debouncer_opt::<_, notify::PollWatcher>(cfg, handler)?;
+            let d =
+                notify_debouncer_mini::new_debouncer_opt::<_, notify::PollWatcher>(cfg, handler)?;
             Ok(split(d))
         }
     }

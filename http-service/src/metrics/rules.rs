@@ -239,7 +239,6 @@ fn count_cell(h: &Handles, cell: &Cell, r: &DimensionResult, near: NearLimitRati
     let used = limit.saturating_sub(r.outcome.remaining);
     let threshold = near.threshold(limit);
     if used > threshold {
-        h.near
-            .inc_by(used - threshold.max(used.saturating_sub(c)));
+        h.near.inc_by(used - threshold.max(used.saturating_sub(c)));
     }
 }
