@@ -196,7 +196,7 @@ def test_build_info_process_metrics_and_format(servers):
     info = [k for k in m if k.startswith("ratewall_build_info{")]
     assert len(info) == 1 and f'version="{version}"' in info[0] and "git_sha=" in info[0], info
     assert m[info[0]] == 1
-    assert "# TYPE ratewall_hits counter" in text
+    assert "# TYPE ratewall_decisions counter" in text  # a family shows once it has a series
     assert "# TYPE ratewall_check_duration_seconds histogram" in text
     # the process: this one's RSS, fds and start time
     pid_status = open(f"/proc/{s.proc.pid}/status").read()
