@@ -337,4 +337,16 @@ impl Decision {
     pub fn remaining(&self) -> Option<u64> {
         self.reported().map(|r| r.outcome.remaining)
     }
+
+    /// Every cell this decision checked, with its result: `plan` is the plan the decision was
+    /// taken on ([`Self::dimensions`] is in plan order, one result per cell), so the pairs are
+    /// `(plan.cells[i], dimensions[i])`. A decision without results (no limit applied, or the
+    /// backend failed) yields nothing. Front ends count per-cell metrics from this (the cell's
+    /// own cost is in [`Cell::cost`], e.g. an RLS descriptor's `hits_addend`).
+    pub fn cells<'a>(
+        &'a self,
+        plan: &'a Plan,
+    ) -> impl Iterator<Item = (&'a Cell, &'a DimensionResult)> + 'a {
+        plan.cells.iter().zip(self.dimensions.iter())
+    }
 }

@@ -219,7 +219,7 @@ def test_health_ready_metrics(servers):
     s.check({"user": "x", "cost": 9})
     s.check({"tool": "unlisted", "user": None})
     r = requests.get(s.url + "/metrics", timeout=5)
-    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    assert r.headers["content-type"].startswith("application/openmetrics-text; version=1.0.0")
     text = r.text
     assert 'ratewall_decisions_total{limit="by_user",dimension="user",outcome="allowed"} 4' in text
     assert 'ratewall_decisions_total{limit="by_user",dimension="user",outcome="limited"} 1' in text
@@ -231,7 +231,7 @@ def test_health_ready_metrics(servers):
     assert "ratewall_evictions_total 0" in text
     assert "ratewall_negative_cache_hits_total 0" in text
     assert 'ratewall_check_duration_seconds_count{endpoint="check"} 6' in text
-    assert 'ratewall_check_duration_seconds_bucket{endpoint="check",le="+Inf"} 6' in text
+    assert 'ratewall_check_duration_seconds_bucket{le="+Inf",endpoint="check"} 6' in text  # prometheus-client puts le first
     # no request values as labels
     for v in ('"m"', '"x"', "unlisted"):
         assert v not in text

@@ -15,7 +15,6 @@
 //! is an error (an unmounted volume must not mean "no limits").
 
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
 
 /// Most files under a `descriptor_config` directory.
 pub const MAX_FILES: usize = 1_000;
@@ -102,30 +101,6 @@ pub fn read(path: &Path) -> Result<Vec<(String, String)>, String> {
     Ok(docs)
 }
 
-/// A fingerprint of `path`'s files (names, modification times, sizes and contents), to notice
-/// a change; `None` if it cannot be read.
-pub fn fingerprint(path: &Path) -> Option<u64> {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut mix = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    };
-    for f in files(path).ok()? {
-        let m = std::fs::metadata(&f).ok()?;
-        mix(f.as_os_str().as_encoded_bytes());
-        let t = m
-            .modified()
-            .ok()?
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .ok()?;
-        mix(&t.as_nanos().to_le_bytes());
-        mix(&m.len().to_le_bytes());
-        mix(&std::fs::read(&f).ok()?);
-    }
-    Some(h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,9 +126,6 @@ mod tests {
         let texts: Vec<&str> = docs.iter().map(|(_, t)| t.as_str()).collect();
         assert_eq!(texts, ["domain: a\n", "domain: b\n", "domain: c\n"]);
         assert!(docs[0].0.ends_with("a.yaml"));
-        let before = fingerprint(&d);
-        std::fs::write(d.join("a.yaml"), "domain: a2\n").expect("a2");
-        assert_ne!(fingerprint(&d), before);
         std::fs::remove_dir_all(&d).expect("cleanup");
     }
 

@@ -8,7 +8,9 @@
 //!   listener (h2c) over the same state;
 //! * [`identity`] reads a proxy-mode request's identity, for `/authz` and gRPC ext_authz alike;
 //! * [`settings`] validates the service's keys next to the core's in one YAML file;
-//! * [`serve`] runs it with hot reload (SIGHUP, file changes) and graceful shutdown.
+//! * [`serve`] runs it with hot reload (SIGHUP; file changes through [`watch`]) and graceful
+//!   shutdown;
+//! * [`metrics`] counts what `/metrics` shows (the `prometheus-client` crate).
 //!
 //! See `docs/SERVICE.md`.
 
@@ -19,10 +21,11 @@ pub mod identity;
 pub mod metrics;
 pub mod settings;
 pub mod state;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 pub use api::app;
 use state::AppState;
@@ -177,7 +180,7 @@ async fn shutdown_signal() -> &'static str {
     }
 }
 
-async fn reload_and_log(state: &AppState, why: &str) {
+pub(crate) async fn reload_and_log(state: &AppState, why: &str) {
     match state.reload().await {
         Ok(generation) => {
             let rt = state.runtime();
@@ -209,43 +212,7 @@ fn spawn_reloaders(state: Arc<AppState>) {
             }
         });
     }
-    let Some(path) = state.source.path.clone() else {
-        return;
-    };
-    tokio::spawn(async move {
-        // Poll (mtime, size, content): works with editors that replace the file and with
-        // ConfigMap symlink swaps, without a platform-specific watcher.
-        let fingerprint = |p: &std::path::Path| -> Option<(SystemTime, u64, u64)> {
-            let m = std::fs::metadata(p).ok()?;
-            let text = std::fs::read(p).ok()?;
-            let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-            });
-            Some((m.modified().ok()?, m.len(), hash))
-        };
-        // ... and the `descriptor_config` files of the running configuration, if any
-        let descriptors = |state: &AppState| {
-            let rt = state.runtime();
-            state
-                .source
-                .descriptor_path(&rt.loaded)
-                .map(|p| descriptor_files::fingerprint(&p))
-        };
-        let mut last = (fingerprint(&path), descriptors(&state));
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = (fingerprint(&path), descriptors(&state));
-            if !state.runtime().loaded.service.watch_config {
-                last = now;
-                continue;
-            }
-            // unreadable (mid-swap): wait for a readable state before comparing
-            let readable = now.0.is_some() && !matches!(now.1, Some(None));
-            if readable && now != last {
-                reload_and_log(&state, "file change").await;
-                // the reload may have changed `descriptor_config` itself
-                last = (now.0, descriptors(&state));
-            }
-        }
-    });
+    if let Some(path) = state.source.path.clone() {
+        watch::spawn(state, path);
+    }
 }

@@ -1,22 +1,41 @@
-//! Prometheus metrics, rendered in the text exposition format by hand (atomics only on the hot
-//! path). Every label value is bounded: configured limit names (capped at [`MAX_LIMIT_SERIES`]),
-//! dimension kinds, outcomes, endpoints. No user, tenant or tool values from requests.
+//! Prometheus metrics through the `prometheus-client` crate (OpenMetrics text on `/metrics`).
+//!
+//! The hot path holds handles into the crate's families (one atomic add per counter, no label
+//! lookup): per-rule counters for every checked cell ([`rules`]), the decision latency per
+//! endpoint and the store-call latency per backend. Figures owned by the store (memory-store
+//! keys, evictions, reclaims; Redis negative-cache hits; readiness) and process figures (CPU,
+//! RSS, fds) are read at scrape time by collectors ([`scrape`]).
+//!
+//! Every label value is bounded: configured rule names (capped at [`MAX_LIMIT_SERIES`]),
+//! dimension kinds, outcomes, endpoints, backends. No user, tenant or tool values from requests.
+//! Names and labels: `docs/METRICS.md`.
 
-use std::collections::HashMap;
-use std::fmt::Write;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+pub mod rules;
+pub mod scrape;
+
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use ratewall_core::config::Plan;
 use ratewall_core::decision::Decision;
-use ratewall_core::DenyReason;
 
-/// Distinct limit names tracked before further ones are folded into `limit="other"`.
-pub const MAX_LIMIT_SERIES: usize = 2_048;
+pub use rules::MAX_LIMIT_SERIES;
+pub use scrape::StoreFigures;
 
-/// Histogram bucket upper bounds, in seconds.
+use crate::settings::NearLimitRatio;
+
+/// The `Content-Type` of `/metrics`.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Histogram bucket upper bounds, in seconds (50 µs .. 1 s).
 const BUCKETS: [f64; 14] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0,
@@ -55,402 +74,256 @@ impl Endpoint {
     }
 }
 
-#[derive(Default)]
-struct Histogram {
-    buckets: [AtomicU64; BUCKETS.len()],
-    count: AtomicU64,
-    sum_nanos: AtomicU64,
+/// The store backends, in label order.
+const BACKENDS: [&str; 2] = ["memory", "redis"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointLabel {
+    endpoint: &'static str,
 }
 
-impl Histogram {
-    fn observe(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
-            self.buckets[i].fetch_add(1, Relaxed);
-        }
-        self.count.fetch_add(1, Relaxed);
-        self.sum_nanos
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
-    }
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabel {
+    backend: &'static str,
 }
 
-#[derive(Default)]
-struct LimitCounters {
-    dimension: &'static str,
-    allowed: AtomicU64,
-    limited: AtomicU64,
-    cost_exceeds_limit: AtomicU64,
-    near_limit: AtomicU64,
-    /// Decisions this (shadow) limit would have denied.
-    shadow_denied: AtomicU64,
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailModeLabel {
+    fail_mode: &'static str,
 }
 
-type LimitMap = HashMap<&'static str, &'static LimitCounters>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
 
-/// All counters of one process (they survive reloads).
-#[derive(Default)]
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// `version`, and `git_sha` when the build set `RATEWALL_GIT_SHA` (else `unknown`).
+pub fn build_labels() -> [(&'static str, &'static str); 2] {
+    [
+        ("version", env!("CARGO_PKG_VERSION")),
+        (
+            "git_sha",
+            option_env!("RATEWALL_GIT_SHA").unwrap_or("unknown"),
+        ),
+    ]
+}
+
+/// All metrics of one process (they survive reloads).
 pub struct Metrics {
-    /// Policy names are interned by the core (`&'static str`) and bounded, so their counters are
-    /// allocated once and never freed; the map is read without locking or reference counting
-    /// on the hot path and copied on the (rare) insertion of a new name.
-    limits: ArcSwap<LimitMap>,
-    limits_insert: Mutex<()>,
-    unlimited: AtomicU64,
-    backend_errors: AtomicU64,
-    fail_open: AtomicU64,
-    fail_closed: AtomicU64,
-    bad_requests: [AtomicU64; Endpoint::ALL.len()],
-    timeouts: AtomicU64,
-    reload_ok: AtomicU64,
-    reload_failed: AtomicU64,
+    registry: Registry,
+    rules: rules::Rules,
+    backend_errors: Counter,
+    fail_open: Counter,
+    fail_closed: Counter,
+    bad_requests: [Counter; Endpoint::ALL.len()],
+    timeouts: Counter,
+    reload_ok: Counter,
+    reload_rejected: Counter,
+    last_reload_ok: Gauge,
+    last_reload_ok_at: Gauge,
     latency: [Histogram; Endpoint::ALL.len()],
+    backend_latency: [Histogram; BACKENDS.len()],
+    scrape: Arc<Mutex<scrape::Scrape>>,
+    render_lock: Mutex<()>,
 }
 
-/// Store-side figures read at scrape time.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct StoreFigures {
-    /// Live keys (memory store).
-    pub keys: Option<u64>,
-    /// Live entries evicted because the memory store was full.
-    pub evictions: u64,
-    /// Expired entries reclaimed.
-    pub reclaimed: u64,
-    /// Negative-cache hits (Redis store).
-    pub negative_cache_hits: u64,
-    /// Store reachable.
-    pub ready: bool,
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Metrics {
-    fn counters(&self, name: &'static str, dimension: &'static str) -> &'static LimitCounters {
-        if let Some(c) = self.limits.load().get(name) {
-            return c;
-        }
-        let _guard = self.limits_insert.lock();
-        let current = self.limits.load_full();
-        if let Some(c) = current.get(name) {
-            return c;
-        }
-        let key = if current.len() >= MAX_LIMIT_SERIES {
-            "other"
-        } else {
-            name
+    /// Every family registered, every fixed series created (so each shows from the first scrape).
+    pub fn new() -> Self {
+        let mut reg = Registry::default();
+        let rules = rules::Rules::new(&mut reg);
+
+        let backend_errors = Counter::default();
+        reg.register(
+            "ratewall_backend_errors",
+            "Store calls that failed (connection, timeout, script).",
+            backend_errors.clone(),
+        );
+        let fail_mode = Family::<FailModeLabel, Counter>::default();
+        reg.register(
+            "ratewall_fail_mode_decisions",
+            "Decisions taken by fail_mode after a backend error.",
+            fail_mode.clone(),
+        );
+        let fm = |m| {
+            fail_mode
+                .get_or_create(&FailModeLabel { fail_mode: m })
+                .clone()
         };
-        if let Some(c) = current.get(key) {
-            return c;
+        let (fail_open, fail_closed) = (fm("open"), fm("closed"));
+
+        let bad = Family::<EndpointLabel, Counter>::default();
+        reg.register(
+            "ratewall_bad_requests",
+            "Requests rejected with 400 (gRPC: refused requests).",
+            bad.clone(),
+        );
+        let bad_requests = Endpoint::ALL.map(|e| {
+            bad.get_or_create(&EndpointLabel { endpoint: e.name() })
+                .clone()
+        });
+        let timeouts = Counter::default();
+        reg.register(
+            "ratewall_request_timeouts",
+            "Requests whose body did not arrive within request_timeout_ms.",
+            timeouts.clone(),
+        );
+
+        let reloads = Family::<ResultLabel, Counter>::default();
+        reg.register(
+            "ratewall_config_reloads",
+            "Configuration reloads by result (ok, rejected: the running configuration stays).",
+            reloads.clone(),
+        );
+        let rl = |r| reloads.get_or_create(&ResultLabel { result: r }).clone();
+        let (reload_ok, reload_rejected) = (rl("ok"), rl("rejected"));
+        let last_reload_ok = Gauge::default();
+        last_reload_ok.set(1);
+        reg.register(
+            "ratewall_config_last_reload_successful",
+            "1 if the last configuration load (start-up or reload) was applied, 0 if rejected.",
+            last_reload_ok.clone(),
+        );
+        let last_reload_ok_at = Gauge::default();
+        last_reload_ok_at.set(unix_now());
+        reg.register(
+            "ratewall_config_last_reload_success_timestamp_seconds",
+            "When the running configuration was applied (Unix seconds).",
+            last_reload_ok_at.clone(),
+        );
+
+        let lat: HistogramFamily<EndpointLabel> = Family::new_with_constructor(histogram);
+        reg.register(
+            "ratewall_check_duration_seconds",
+            "Time to decide one request (plan + store), by endpoint.",
+            lat.clone(),
+        );
+        let latency = Endpoint::ALL.map(|e| {
+            lat.get_or_create(&EndpointLabel { endpoint: e.name() })
+                .clone()
+        });
+        let blat: HistogramFamily<BackendLabel> = Family::new_with_constructor(histogram);
+        reg.register(
+            "ratewall_backend_duration_seconds",
+            "Time of one store call (one atomic decision over every cell of a request), by \
+             backend; failed calls included.",
+            blat.clone(),
+        );
+        let backend_latency =
+            BACKENDS.map(|b| blat.get_or_create(&BackendLabel { backend: b }).clone());
+
+        reg.register(
+            "ratewall_build",
+            "The running build (value 1).",
+            Info::new(build_labels()),
+        );
+        let scrape = Arc::new(Mutex::new(scrape::Scrape::default()));
+        reg.register_collector(Box::new(scrape::StoreCollector(scrape.clone())));
+        reg.register_collector(Box::new(scrape::ProcessCollector));
+
+        Self {
+            registry: reg,
+            rules,
+            backend_errors,
+            fail_open,
+            fail_closed,
+            bad_requests,
+            timeouts,
+            reload_ok,
+            reload_rejected,
+            last_reload_ok,
+            last_reload_ok_at,
+            latency,
+            backend_latency,
+            scrape,
+            render_lock: Mutex::new(()),
         }
-        let counters: &'static LimitCounters = Box::leak(Box::new(LimitCounters {
-            dimension,
-            ..Default::default()
-        }));
-        let mut next = (*current).clone();
-        next.insert(key, counters);
-        self.limits.store(Arc::new(next));
-        counters
     }
 
-    /// Count one store decision.
-    pub fn decision(&self, d: &Decision) {
-        if d.shadow_denied {
-            for r in d
-                .dimensions
-                .iter()
-                .filter(|r| r.shadow && !r.outcome.allowed)
-            {
-                let c = self.counters(r.name.as_str(), r.dimension.as_str());
-                c.shadow_denied.fetch_add(1, Relaxed);
-            }
-        }
-        let Some(rep) = d.reported() else {
-            if d.allowed {
-                self.unlimited.fetch_add(1, Relaxed);
-            }
-            return;
-        };
-        let c = self.counters(rep.name.as_str(), rep.dimension.as_str());
-        match (d.allowed, d.reason) {
-            (true, _) => {
-                c.allowed.fetch_add(1, Relaxed);
-                let limit = rep.limit.count();
-                // used ≥ 80 % of the limit  <=>  remaining ≤ 20 %
-                if rep.outcome.remaining.saturating_mul(5) <= limit {
-                    c.near_limit.fetch_add(1, Relaxed);
-                }
-            }
-            (false, Some(DenyReason::CostExceedsLimit)) => {
-                c.cost_exceeds_limit.fetch_add(1, Relaxed);
-            }
-            (false, _) => {
-                c.limited.fetch_add(1, Relaxed);
-            }
-        }
+    /// Count one store decision on `plan`: every checked cell ([`rules`]) and the deciding one.
+    pub fn decision(&self, plan: &Plan, d: &Decision, near: NearLimitRatio) {
+        self.rules.decision(plan, d, near);
     }
 
     /// A store call failed.
     pub fn backend_error(&self) {
-        self.backend_errors.fetch_add(1, Relaxed);
+        self.backend_errors.inc();
+    }
+
+    /// The time of one store call on `backend` (`memory` or `redis`).
+    pub fn backend_call(&self, backend: &str, d: Duration) {
+        let i = usize::from(backend == "redis");
+        self.backend_latency[i].observe(d.as_secs_f64());
     }
 
     /// A decision taken by `fail_mode` after a backend error.
     pub fn fail_mode_decision(&self, open: bool) {
         if open {
-            self.fail_open.fetch_add(1, Relaxed);
+            self.fail_open.inc();
         } else {
-            self.fail_closed.fetch_add(1, Relaxed);
+            self.fail_closed.inc();
         }
     }
 
     /// A request rejected with 400.
     pub fn bad_request(&self, e: Endpoint) {
-        self.bad_requests[e as usize].fetch_add(1, Relaxed);
+        self.bad_requests[e as usize].inc();
     }
 
     /// A request body that was not received in time.
     pub fn timeout(&self) {
-        self.timeouts.fetch_add(1, Relaxed);
+        self.timeouts.inc();
     }
 
-    /// A configuration reload.
+    /// A configuration reload, applied (`ok`) or rejected.
     pub fn reload(&self, ok: bool) {
         if ok {
-            self.reload_ok.fetch_add(1, Relaxed);
+            self.reload_ok.inc();
+            self.last_reload_ok.set(1);
+            self.last_reload_ok_at.set(unix_now());
         } else {
-            self.reload_failed.fetch_add(1, Relaxed);
+            self.reload_rejected.inc();
+            self.last_reload_ok.set(0);
         }
     }
 
     /// Latency of one decision.
     pub fn observe(&self, e: Endpoint, d: Duration) {
-        self.latency[e as usize].observe(d);
+        self.latency[e as usize].observe(d.as_secs_f64());
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self, store: &StoreFigures, backend: &str, generation: u64) -> String {
-        let mut o = String::with_capacity(4096);
-        let w = &mut o;
-        let limits: Vec<(&'static str, &'static LimitCounters)> = {
-            let mut v: Vec<_> = self.limits.load().iter().map(|(k, c)| (*k, *c)).collect();
-            v.sort_by(|a, b| a.0.cmp(b.0));
-            v
+    /// The exposition ([`CONTENT_TYPE`]), with the store's figures as of now.
+    pub fn render(&self, store: StoreFigures, backend: &'static str, generation: u64) -> String {
+        // one scrape at a time: the collectors read what this one set
+        let _guard = self.render_lock.lock();
+        *self.scrape.lock() = scrape::Scrape {
+            store,
+            backend,
+            generation,
         };
-        head(w, "ratewall_decisions_total", "counter", "Decisions by the limit that decided them (the reported cell) and outcome; limit=\"none\" when no limit applied.");
-        for (name, c) in &limits {
-            let n = escape(name);
-            for (outcome, v) in [
-                ("allowed", &c.allowed),
-                ("limited", &c.limited),
-                ("cost_exceeds_limit", &c.cost_exceeds_limit),
-            ] {
-                let _ = writeln!(
-                    w,
-                    "ratewall_decisions_total{{limit=\"{n}\",dimension=\"{}\",outcome=\"{outcome}\"}} {}",
-                    c.dimension,
-                    v.load(Relaxed)
-                );
-            }
+        let mut out = String::with_capacity(8192);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            // writing to a String cannot fail; a collector's error ends the page early
+            tracing::warn!(error = %e, "metrics encoding failed");
         }
-        let _ = writeln!(
-            w,
-            "ratewall_decisions_total{{limit=\"none\",dimension=\"none\",outcome=\"allowed\"}} {}",
-            self.unlimited.load(Relaxed)
-        );
-        head(
-            w,
-            "ratewall_shadow_denials_total",
-            "counter",
-            "Requests a shadow limit would have denied (they were not denied for it).",
-        );
-        for (name, c) in &limits {
-            let _ = writeln!(
-                w,
-                "ratewall_shadow_denials_total{{limit=\"{}\",dimension=\"{}\"}} {}",
-                escape(name),
-                c.dimension,
-                c.shadow_denied.load(Relaxed)
-            );
-        }
-        head(
-            w,
-            "ratewall_near_limit_total",
-            "counter",
-            "Allowed decisions whose limit was at least 80 % used.",
-        );
-        for (name, c) in &limits {
-            let _ = writeln!(
-                w,
-                "ratewall_near_limit_total{{limit=\"{}\",dimension=\"{}\"}} {}",
-                escape(name),
-                c.dimension,
-                c.near_limit.load(Relaxed)
-            );
-        }
-        head(
-            w,
-            "ratewall_backend_errors_total",
-            "counter",
-            "Store calls that failed (connection, timeout, script).",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_backend_errors_total {}",
-            self.backend_errors.load(Relaxed)
-        );
-        head(
-            w,
-            "ratewall_fail_mode_decisions_total",
-            "counter",
-            "Decisions taken by fail_mode after a backend error.",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_fail_mode_decisions_total{{fail_mode=\"open\"}} {}",
-            self.fail_open.load(Relaxed)
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_fail_mode_decisions_total{{fail_mode=\"closed\"}} {}",
-            self.fail_closed.load(Relaxed)
-        );
-        head(
-            w,
-            "ratewall_evictions_total",
-            "counter",
-            "Live memory-store entries evicted because the store was full.",
-        );
-        let _ = writeln!(w, "ratewall_evictions_total {}", store.evictions);
-        head(
-            w,
-            "ratewall_reclaimed_total",
-            "counter",
-            "Expired memory-store entries reclaimed.",
-        );
-        let _ = writeln!(w, "ratewall_reclaimed_total {}", store.reclaimed);
-        if let Some(k) = store.keys {
-            head(
-                w,
-                "ratewall_store_keys",
-                "gauge",
-                "Cells held by the memory store.",
-            );
-            let _ = writeln!(w, "ratewall_store_keys {k}");
-        }
-        head(
-            w,
-            "ratewall_negative_cache_hits_total",
-            "counter",
-            "Requests denied by the Redis store's negative cache without a round trip.",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_negative_cache_hits_total {}",
-            store.negative_cache_hits
-        );
-        head(
-            w,
-            "ratewall_bad_requests_total",
-            "counter",
-            "Requests rejected with 400.",
-        );
-        for e in Endpoint::ALL {
-            let _ = writeln!(
-                w,
-                "ratewall_bad_requests_total{{endpoint=\"{}\"}} {}",
-                e.name(),
-                self.bad_requests[e as usize].load(Relaxed)
-            );
-        }
-        head(
-            w,
-            "ratewall_request_timeouts_total",
-            "counter",
-            "Requests whose body did not arrive within request_timeout_ms.",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_request_timeouts_total {}",
-            self.timeouts.load(Relaxed)
-        );
-        head(
-            w,
-            "ratewall_config_reloads_total",
-            "counter",
-            "Configuration reloads by result.",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_config_reloads_total{{result=\"ok\"}} {}",
-            self.reload_ok.load(Relaxed)
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_config_reloads_total{{result=\"rejected\"}} {}",
-            self.reload_failed.load(Relaxed)
-        );
-        head(
-            w,
-            "ratewall_config_generation",
-            "gauge",
-            "Number of the running configuration (1 at start, +1 per applied reload).",
-        );
-        let _ = writeln!(w, "ratewall_config_generation {generation}");
-        head(
-            w,
-            "ratewall_store_ready",
-            "gauge",
-            "1 when the store answered the last readiness probe.",
-        );
-        let _ = writeln!(
-            w,
-            "ratewall_store_ready{{backend=\"{backend}\"}} {}",
-            u8::from(store.ready)
-        );
-        head(
-            w,
-            "ratewall_check_duration_seconds",
-            "histogram",
-            "Time to decide one request (plan + store), by endpoint.",
-        );
-        for e in Endpoint::ALL {
-            let h = &self.latency[e as usize];
-            let mut cum = 0u64;
-            for (i, b) in BUCKETS.iter().enumerate() {
-                cum += h.buckets[i].load(Relaxed);
-                let _ = writeln!(
-                    w,
-                    "ratewall_check_duration_seconds_bucket{{endpoint=\"{}\",le=\"{b}\"}} {cum}",
-                    e.name()
-                );
-            }
-            let count = h.count.load(Relaxed);
-            let _ = writeln!(
-                w,
-                "ratewall_check_duration_seconds_bucket{{endpoint=\"{}\",le=\"+Inf\"}} {count}",
-                e.name()
-            );
-            let _ = writeln!(
-                w,
-                "ratewall_check_duration_seconds_sum{{endpoint=\"{}\"}} {}",
-                e.name(),
-                h.sum_nanos.load(Relaxed) as f64 / 1e9
-            );
-            let _ = writeln!(
-                w,
-                "ratewall_check_duration_seconds_count{{endpoint=\"{}\"}} {count}",
-                e.name()
-            );
-        }
-        o
+        out
     }
 }
 
-fn head(w: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(w, "# HELP {name} {help}");
-    let _ = writeln!(w, "# TYPE {name} {kind}");
-}
-
-/// Escape a label value (`\`, `"`, newline).
-fn escape(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }

@@ -20,6 +20,7 @@ pub const SERVICE_KEYS: &[&str] = &[
     "grpc_listen",
     "descriptor_config",
     "rls_response_headers",
+    "near_limit_ratio",
 ];
 
 /// Default listen address.
@@ -152,6 +153,51 @@ pub struct ServiceSettings {
     /// Whether `ShouldRateLimit` answers carry the core's headers in `response_headers_to_add`
     /// (off by default: Envoy renders its own from the statuses with `enable_x_ratelimit_headers`).
     pub rls_response_headers: bool,
+    /// `near_limit_ratio`: a hit is "near limit" once the cell's usage passes this share of its
+    /// limit (metrics only; see [`NearLimitRatio`]).
+    pub near_limit_ratio: NearLimitRatio,
+}
+
+/// The share of a limit above which admitted hits count as `near_limit` (default 0.8, like
+/// envoyproxy/ratelimit's `NEAR_LIMIT_RATIO`), held in parts per million so that the hot path
+/// computes the threshold in integers: `threshold = floor(limit * ppm / 1_000_000)`.
+///
+/// Invariant: `1 <= ppm <= 1_000_000` (a ratio in `(0, 1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NearLimitRatio(u32);
+
+impl NearLimitRatio {
+    /// 0.8.
+    pub const DEFAULT: Self = Self(800_000);
+
+    /// A ratio in `(0, 1]`, rounded to millionths.
+    pub fn new(ratio: f64) -> Result<Self, String> {
+        if !(ratio > 0.0 && ratio <= 1.0) {
+            return Err(format!("{ratio} is outside (0, 1] (default 0.8)"));
+        }
+        // in range: 0 < ratio * 1e6 <= 1e6, so the cast cannot truncate
+        let ppm = (ratio * 1_000_000.0).round().max(1.0) as u32;
+        Ok(Self(ppm))
+    }
+
+    /// `floor(limit * ratio)`: usage above it is near the limit (envoyproxy/ratelimit's
+    /// `nearLimitThreshold`).
+    pub fn threshold(self, limit: u64) -> u64 {
+        let t = u128::from(limit) * u128::from(self.0) / 1_000_000;
+        // t <= limit because ppm <= 1e6
+        u64::try_from(t).unwrap_or(limit)
+    }
+
+    /// The ratio.
+    pub fn get(self) -> f64 {
+        f64::from(self.0) / 1_000_000.0
+    }
+}
+
+impl Default for NearLimitRatio {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
 }
 
 impl Default for ServiceSettings {
@@ -165,6 +211,7 @@ impl Default for ServiceSettings {
             grpc_listen: None,
             descriptor_config: None,
             rls_response_headers: false,
+            near_limit_ratio: NearLimitRatio::DEFAULT,
         }
     }
 }
@@ -180,6 +227,7 @@ struct RawService {
     grpc_listen: Option<RawGrpcListen>,
     descriptor_config: Option<String>,
     rls_response_headers: Option<bool>,
+    near_limit_ratio: Option<f64>,
 }
 
 /// `grpc_listen`: an address, `off`, or `false`.
@@ -275,6 +323,10 @@ impl ServiceSettings {
             s.descriptor_config = Some(PathBuf::from(d));
         }
         s.rls_response_headers = raw.rls_response_headers.unwrap_or(false);
+        if let Some(r) = raw.near_limit_ratio {
+            s.near_limit_ratio =
+                NearLimitRatio::new(r).map_err(|m| cfg_err("near_limit_ratio", m))?;
+        }
         if let Some(a) = raw.authz {
             let set = |slot: &mut Option<HeaderName>, key: &str, v: Option<Option<String>>| match v
             {
@@ -342,6 +394,7 @@ impl ServiceSettings {
             "grpc_listen": self.grpc_listen.map(|g| g.to_string()),
             "descriptor_config": self.descriptor_config.as_ref().map(|p| p.display().to_string()),
             "rls_response_headers": self.rls_response_headers,
+            "near_limit_ratio": self.near_limit_ratio.get(),
             "authz": {
                 "user_header": opt(&a.user_header),
                 "tenant_header": opt(&a.tenant_header),
@@ -466,6 +519,25 @@ mod tests {
         assert_eq!(a.tenant_header, None);
         assert_eq!(a.descriptors.len(), 2);
         assert!(a.descriptors.contains(&("path".into(), Source::Path)));
+    }
+
+    #[test]
+    fn near_limit_ratio_is_validated() {
+        let l = Loaded::from_yaml("by_user: 1/s", None).expect("valid");
+        assert_eq!(l.service.near_limit_ratio.threshold(25), 20);
+        assert_eq!(l.service.near_limit_ratio.threshold(5), 4);
+        let l = Loaded::from_yaml("by_user: 1/s\nnear_limit_ratio: 0.5", None).expect("valid");
+        assert_eq!(l.service.near_limit_ratio.threshold(5), 2);
+        assert_eq!(l.service.near_limit_ratio.threshold(u64::MAX), u64::MAX / 2);
+        let l = Loaded::from_yaml("by_user: 1/s\nnear_limit_ratio: 1", None).expect("valid");
+        assert_eq!(l.service.near_limit_ratio.threshold(7), 7);
+        for bad in ["0", "1.5", "-0.1"] {
+            let e = Loaded::from_yaml(&format!("by_user: 1/s\nnear_limit_ratio: {bad}"), None)
+                .expect_err(bad);
+            assert_eq!(e.path, "near_limit_ratio", "{bad}: {e}");
+        }
+        let e = Loaded::from_yaml("by_user: 1/s\nnear_limit_ratio: high", None).expect_err("text");
+        assert_eq!(e.path, "near_limit_ratio", "{e}");
     }
 
     #[test]

@@ -206,10 +206,14 @@ impl AppState {
     pub async fn decide(&self, rt: &Runtime, plan: &Plan) -> Decision {
         // Both stores bound their own time (memory: synchronous; Redis: `redis_timeout_ms` in
         // total, failing fast while disconnected), so no timer is armed here.
+        let start = std::time::Instant::now();
         let res = rt.store.check(plan).await;
+        self.metrics
+            .backend_call(rt.store.backend(), start.elapsed());
         match res {
             Ok(d) => {
-                self.metrics.decision(&d);
+                self.metrics
+                    .decision(plan, &d, rt.loaded.service.near_limit_ratio);
                 d
             }
             Err(e) => {
@@ -290,7 +294,7 @@ impl AppState {
         let mut figures = rt.store.figures();
         figures.ready = self.ready().await.is_ok();
         self.metrics
-            .render(&figures, rt.store.backend(), rt.generation)
+            .render(figures, rt.store.backend(), rt.generation)
     }
 }
 

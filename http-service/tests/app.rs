@@ -169,7 +169,7 @@ async fn check_shows_a_shadow_denial_and_allows() {
     assert!(h.get("retry-after").is_none());
     let text = st.render_metrics().await;
     assert!(
-        text.contains(r#"ratewall_shadow_denials_total{limit="keys",dimension="descriptor"} 1"#),
+        text.contains(r#"ratewall_shadow_mode_total{limit="keys",dimension="descriptor"} 1"#),
         "{text}"
     );
 }

@@ -577,9 +577,7 @@ domains:
     assert_eq!(resp.statuses[1].limit_remaining, 3);
     let text = r.state.render_metrics().await;
     assert!(
-        text.contains(
-            "ratewall_shadow_denials_total{limit=\"ip_shadow\",dimension=\"descriptor\"} 1"
-        ),
+        text.contains("ratewall_shadow_mode_total{limit=\"ip_shadow\",dimension=\"descriptor\"} 1"),
         "{text}"
     );
     r.stop().await;
