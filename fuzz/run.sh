@@ -6,7 +6,8 @@
 # Environment: FUZZ_JOBS (targets run side by side, default 1), FUZZ_RSS_MB (libFuzzer's
 # -rss_limit_mb, default 2048), FUZZ_TIMEOUT (seconds one input may take, default 10),
 # FUZZ_LOG (directory for each target's log, default fuzz/target/logs), FUZZ_TARGET_DIR (cargo's
-# target directory, default fuzz/target: the instrumented build never touches the workspace's).
+# target directory, default fuzz/target: the instrumented build never touches the workspace's),
+# FUZZ_PROFILE (cargo profile, default release; CI uses fuzz-ci, a quicker cold build).
 #
 # No nightly and no -Z flag: libFuzzer comes from libfuzzer-sys (compiled from source by cc) and
 # the coverage instrumentation is LLVM's SanitizerCoverage pass, requested through stable codegen
@@ -41,8 +42,9 @@ export RUSTFLAGS="${RUSTFLAGS:-} --cfg fuzzing -Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-trace-compares"
 bins=()
 for t in "${TARGETS[@]}"; do bins+=(--bin "$t"); done
-CARGO_TARGET_DIR=$OUT cargo build --manifest-path fuzz/Cargo.toml --release --target "$HOST" "${bins[@]}"
-BIN=$OUT/$HOST/release
+PROFILE=${FUZZ_PROFILE:-release}
+CARGO_TARGET_DIR=$OUT cargo build --manifest-path fuzz/Cargo.toml --profile "$PROFILE" --target "$HOST" "${bins[@]}"
+BIN=$OUT/$HOST/$PROFILE
 
 mkdir -p "$LOGS"
 run_one() {
