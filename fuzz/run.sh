@@ -5,7 +5,9 @@
 #
 # Environment: FUZZ_JOBS (targets run side by side, default 1), FUZZ_RSS_MB (libFuzzer's
 # -rss_limit_mb, default 2048), FUZZ_TIMEOUT (seconds one input may take, default 10),
-# FUZZ_LOG (directory for each target's log, default target/fuzz/logs).
+# FUZZ_LOG (directory for each target's log, default fuzz/target/logs), FUZZ_TARGET_DIR (cargo's
+# target directory, default fuzz/target: the instrumented build never touches the workspace's),
+# FUZZ_PROFILE (cargo profile, default release; CI uses fuzz-ci, a quicker cold build).
 #
 # No nightly and no -Z flag: libFuzzer comes from libfuzzer-sys (compiled from source by cc) and
 # the coverage instrumentation is LLVM's SanitizerCoverage pass, requested through stable codegen
@@ -15,7 +17,7 @@
 # an input slower than FUZZ_TIMEOUT or a memory blow-up is a failure.
 #
 # Seeds: fuzz/corpus/<target>/ (read only). What the fuzzer learns goes to
-# target/fuzz/corpus/<target>/, a crashing input to target/fuzz/artifacts/<target>/.
+# fuzz/target/corpus/<target>/, a crashing input to fuzz/target/artifacts/<target>/.
 # Exit status: 0 when every target ran its time without a failure, 1 otherwise (the failing
 # targets, their log tails and reproducers are printed).
 set -euo pipefail
@@ -27,7 +29,7 @@ ALL=(config_yaml config_json rate descriptors mcp_body check_body slot_decode rl
 TARGETS=("$@")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 JOBS=${FUZZ_JOBS:-1}
-OUT=$ROOT/target/fuzz
+OUT=${FUZZ_TARGET_DIR:-$ROOT/fuzz/target}
 LOGS=${FUZZ_LOG:-$OUT/logs}
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 
@@ -40,8 +42,9 @@ export RUSTFLAGS="${RUSTFLAGS:-} --cfg fuzzing -Cpasses=sancov-module \
   -Cllvm-args=-sanitizer-coverage-trace-compares"
 bins=()
 for t in "${TARGETS[@]}"; do bins+=(--bin "$t"); done
-CARGO_TARGET_DIR=$OUT cargo build --manifest-path fuzz/Cargo.toml --release --target "$HOST" "${bins[@]}"
-BIN=$OUT/$HOST/release
+PROFILE=${FUZZ_PROFILE:-release}
+CARGO_TARGET_DIR=$OUT cargo build --manifest-path fuzz/Cargo.toml --profile "$PROFILE" --target "$HOST" "${bins[@]}"
+BIN=$OUT/$HOST/$PROFILE
 
 mkdir -p "$LOGS"
 run_one() {

@@ -37,6 +37,9 @@ cargo build -p ratewall-core --target wasm32-wasip1 --no-default-features
 step "cargo test"
 cargo test --workspace --all-features
 
+step "fuzz targets, 5 s each, two at a time (stable toolchain; docs/FUZZING.md)"
+FUZZ_JOBS=2 FUZZ_PROFILE=fuzz-ci bash fuzz/run.sh 5
+
 if [ -f pyo3-binding/pyproject.toml ]; then
   step "python package"
   .venv/bin/pip install -q ./pyo3-binding

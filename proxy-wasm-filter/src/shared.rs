@@ -35,7 +35,7 @@
 //!   deadlock. Every writer honours the lock word: the single-slot path never writes a slot it saw
 //!   locked (its CAS would also fail), so no other worker can change a locked slot.
 //! * A lock older than [`STALE_LOCK_US`] belongs to a VM that died inside the critical section (it
-//!   is never held across a callback); it is taken over.
+//!   is never held across a callback); it is taken over, as is one more than that in the future.
 //! * A worker that cannot get its slots within [`MAX_ATTEMPTS`] reads gives up with a transient
 //!   [`StoreError`]; the filter then applies `fail_mode`.
 //!
@@ -174,8 +174,11 @@ impl<'a> Slot<'a> {
         out
     }
 
+    /// A lock is live within [`STALE_LOCK_US`] of `now` on either side: one further in the future
+    /// (corrupted bytes, or the host's wall clock stepped back) is stale too, or it would hold
+    /// the slot until the clock caught up (found by the `slot_decode` fuzz target).
     fn locked_by_other(&self, now: Micros) -> bool {
-        self.lock != 0 && now.saturating_sub(self.lock) < STALE_LOCK_US
+        self.lock != 0 && now.abs_diff(self.lock) < STALE_LOCK_US
     }
 
     fn state(&self, key: &str) -> Option<CellState> {
@@ -925,6 +928,41 @@ mod tests {
             .unwrap();
         let (s, next) = table.sweep(&host, 0, 10, T0 + STALE_LOCK_US);
         assert_eq!((s.slots, s.stale_locks, next), (1, 1, 0));
+    }
+
+    #[test]
+    fn locks_from_the_future_are_stale() {
+        // Regression (fuzz target slot_decode): a lock word ahead of "now" by more than
+        // STALE_LOCK_US (garbage, or the wall clock stepped back) made every request on the slot
+        // spin MAX_ATTEMPTS reads and fail until the clock caught up with it.
+        let (cfg, _) = LimiterConfig::from_json_str(r#"{"by_user": "5/m"}"#, &[]).unwrap();
+        let table = SlotTable::new(8, TEST_SEED);
+        let host = EnvoySharedData::default();
+        let p = plan(&cfg, "u", None, 1);
+        for lock in [T0 + STALE_LOCK_US + 1, T0 + 3_600_000_000, u64::MAX] {
+            let slot = Slot {
+                lock,
+                entries: vec![],
+            };
+            host.set(&table.slot_key(0), &slot.encode(), None).unwrap();
+            let (d, stats) = table
+                .check(&host, std::slice::from_ref(&p), &|| T0)
+                .unwrap();
+            assert!(d.allowed);
+            assert_eq!(stats.retries, 0, "lock {lock}");
+        }
+        // a lock just ahead of now (within the window) is still live
+        let slot = Slot {
+            lock: T0 + 10,
+            entries: vec![],
+        };
+        host.set(&table.slot_key(0), &slot.encode(), None).unwrap();
+        assert!(
+            table
+                .check(&host, std::slice::from_ref(&p), &|| T0)
+                .unwrap_err()
+                .transient
+        );
     }
 
     #[test]
